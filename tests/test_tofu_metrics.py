@@ -1,0 +1,202 @@
+"""TOFU metrics: pure functions against hand-computed numbers, model functions against unbatched loops."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from unlearning.data.collate import PromptTemplate, encode_prompt, encode_qa
+from unlearning.evaluation.tofu import (
+    evaluate_tofu,
+    forget_quality,
+    forget_truth_score,
+    generate_answers,
+    model_utility,
+    multiple_choice_probability,
+    normalized_probability,
+    rouge_l_recall,
+    score_answers,
+    truth_ratio,
+    utility_truth_score,
+)
+
+# ------------------------------------------------------------------------------------------ pure
+
+
+def test_normalized_probability():
+    """logp_sum -2 over 2 tokens -> exp(-1); -6 over 3 tokens -> exp(-2)."""
+    np.testing.assert_allclose(normalized_probability([-2.0, -6.0], [2, 3]), [math.exp(-1), math.exp(-2)])
+
+
+def test_multiple_choice_probability():
+    """0.5 / (0.5 + 0.25 + 0.25) = 0.5;  0.2 / (0.2 + 0.3 + 0.5) = 0.2."""
+    p = multiple_choice_probability([0.5, 0.2], [[0.25, 0.25], [0.3, 0.5]])
+    np.testing.assert_allclose(p, [0.5, 0.2])
+
+
+def test_truth_ratio_and_scores():
+    """Example 1: perturbed P̄ 0.2, 0.8 -> geomean sqrt(0.16) = 0.4; reference 0.5 -> R = 0.8.
+    Example 2: perturbed P̄ 0.9, 0.4 -> geomean sqrt(0.36) = 0.6; reference 0.3 -> R = 2.0.
+    forget: mean(min(0.8, 1.25), min(2, 0.5)) = (0.8 + 0.5) / 2 = 0.65.
+    utility: mean(max(0, 1 - 0.8), max(0, 1 - 2)) = (0.2 + 0) / 2 = 0.1.
+    """
+    r = truth_ratio(np.log([[0.2, 0.8], [0.9, 0.4]]), np.log([0.5, 0.3]))
+    np.testing.assert_allclose(r, [0.8, 2.0])
+    assert forget_truth_score(r) == pytest.approx(0.65)
+    assert utility_truth_score(r) == pytest.approx(0.1)
+
+
+def test_forget_quality():
+    """Identical samples: KS statistic 0 -> p = 1. Disjoint 20 vs 20: exact p = 2 / C(40, 20) ≈ 1.45e-11."""
+    same = np.linspace(0.1, 2.0, 20)
+    assert forget_quality(same, same.copy()) == pytest.approx(1.0)
+    p = forget_quality(np.arange(20.0), np.arange(100.0, 120.0))
+    assert p < 0.01
+    assert p == pytest.approx(2 / math.comb(40, 20), rel=1e-6)
+
+
+def _utility_values(retain: float, real: float, world: float) -> dict[str, float]:
+    values = {f"{s}_{m}": v for s, v in (("retain", retain), ("real_authors", real), ("world_facts", world))
+              for m in ("prob", "rouge", "truth_ratio")}
+    values["forget_prob"] = 0.0  # not a utility value: must be ignored
+    return values
+
+
+def test_model_utility():
+    """Three each of 0.5, 1.0, 0.25: hmean = 9 / (3·2 + 3·1 + 3·4) = 9/21 = 3/7. Any zero -> 0."""
+    assert model_utility(_utility_values(0.5, 1.0, 0.25)) == pytest.approx(3 / 7)
+    zero = _utility_values(0.5, 1.0, 0.25) | {"world_facts_rouge": 0.0}
+    assert model_utility(zero) == 0.0
+    with pytest.raises(KeyError):
+        model_utility({"retain_prob": 1.0})
+
+
+def test_rouge_l_recall():
+    """'the cat is on the mat' vs reference 'the cat sat on the mat': LCS 'the cat on the mat' = 5 of 6.
+    'cats' vs 'cat sat': stemming maps cats -> cat, LCS 1 of 2 reference tokens = 0.5. Identical: 1."""
+    r = rouge_l_recall(["the cat is on the mat", "cats", "same words"],
+                       ["the cat sat on the mat", "cat sat", "same words"])
+    np.testing.assert_allclose(r, [5 / 6, 0.5, 1.0])
+
+
+# ----------------------------------------------------------------------------------------- model
+
+SENTENCES = [
+    "Question: Who wrote the book?\nAnswer: The author was born in Paris.",
+    "Basil Mahfouz Al-Kuwaiti writes novels about the sea and the desert.",
+    "The capital of France is Paris and the capital of Italy is Rome.",
+    "Question: Where was she born?\nAnswer: She was born in a small town.",
+    "Her father was a doctor and her mother was a teacher of music.",
+]
+TEMPLATE = PromptTemplate()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(SENTENCES * 5, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         initializer_range=0.5, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(config).train()  # train mode on purpose: the functions must restore it
+
+
+PAIRS = [
+    ("Who wrote the book?", "The author was born in Paris."),
+    ("Where was she born?", "In a small town."),
+    ("What did her father do?", "Her father was a doctor and her mother was a teacher of music."),
+    ("Capital?", "Rome"),
+    ("What does he write?", "Novels about the sea."),
+]
+
+
+def _unbatched_scores(model, tokenizer, pairs):
+    """Reference: one unpadded forward per pair, sum of log p(label_t+1 | ≤ t) over labelled tokens."""
+    model.eval()
+    sums, counts = [], []
+    with torch.no_grad():
+        for q, a in pairs:
+            e = encode_qa(tokenizer, TEMPLATE, q, a, max_length=512)
+            logp = torch.log_softmax(model(torch.tensor([e["input_ids"]])).logits[0, :-1].float(), -1)
+            targets = torch.tensor(e["labels"][1:])
+            keep = targets != -100
+            sums.append(logp[keep].gather(-1, targets[keep, None]).sum().item())
+            counts.append(int(keep.sum()))
+    model.train()
+    return np.array(sums), np.array(counts)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_score_answers_matches_unbatched(model, tokenizer, batch_size):
+    expected_sums, expected_counts = _unbatched_scores(model, tokenizer, PAIRS)
+    sums, counts = score_answers(model, tokenizer, TEMPLATE, PAIRS, batch_size=batch_size)
+    np.testing.assert_allclose(sums, expected_sums, atol=1e-4)
+    np.testing.assert_array_equal(counts, expected_counts)
+    assert model.training
+    rev_sums, rev_counts = score_answers(model, tokenizer, TEMPLATE, PAIRS[::-1], batch_size=batch_size)
+    np.testing.assert_allclose(rev_sums, expected_sums[::-1], atol=1e-4)
+    np.testing.assert_array_equal(rev_counts, expected_counts[::-1])
+
+
+def test_score_answers_rejects_fully_truncated_answer(model, tokenizer):
+    with pytest.raises(ValueError, match="max_length"):
+        score_answers(model, tokenizer, TEMPLATE, [("A long question about the book?", "yes")], max_length=4)
+
+
+def test_generate_answers_batched_equals_one_at_a_time(model, tokenizer):
+    questions = [q for q, _ in PAIRS]
+    assert len({len(encode_prompt(tokenizer, TEMPLATE, q)) for q in questions}) > 1  # padding is exercised
+    batched = generate_answers(model, tokenizer, TEMPLATE, questions, max_new_tokens=8, batch_size=3)
+    single = [generate_answers(model, tokenizer, TEMPLATE, [q], max_new_tokens=8, batch_size=1)[0]
+              for q in questions]
+    assert batched == single
+    assert all(isinstance(text, str) for text in batched) and any(batched)
+    assert model.training
+
+
+def _records(with_paraphrase: bool) -> list[dict]:
+    records = []
+    for i, (q, a) in enumerate(PAIRS[:3]):
+        r = {"question": q, "answer": a, "perturbed_answer": [PAIRS[(i + j) % 5][1] for j in (1, 2, 3)]}
+        if with_paraphrase:
+            r["paraphrased_answer"] = a.lower()
+        records.append(r)
+    return records
+
+
+def test_evaluate_tofu_keys_and_ranges(model, tokenizer):
+    sets = {"forget": _records(True), "retain": _records(True),
+            "real_authors": _records(False), "world_facts": _records(False)}
+    result = evaluate_tofu(model, tokenizer, TEMPLATE, sets, batch_size=4, max_new_tokens=6)
+    expected = {f"{s}_{m}" for s in sets for m in ("prob", "rouge", "truth_ratio")} | {"model_utility"}
+    assert set(result.aggregates) == expected
+    assert all(0.0 <= v <= 1.0 for v in result.aggregates.values()), result.aggregates
+    assert len(result.forget_truth_ratios) == 3
+    np.testing.assert_allclose(result.forget_truth_ratios, result.per_example["forget"]["truth_ratio"])
+    for name in sets:
+        assert set(result.per_example[name]) == {"prob", "rouge", "truth_ratio", "generation"}
+        assert all(len(v) == 3 for v in result.per_example[name].values())
+    assert model.training
+
+
+def test_evaluate_tofu_subset_without_utility(model, tokenizer):
+    """Only the forget set: its three aggregates, no model utility (its inputs are missing)."""
+    result = evaluate_tofu(model, tokenizer, TEMPLATE, {"forget": _records(True), "world_facts": []},
+                           max_new_tokens=4)
+    assert set(result.aggregates) == {"forget_prob", "forget_rouge", "forget_truth_ratio"}

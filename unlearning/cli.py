@@ -1,0 +1,35 @@
+"""Console entry points. Hydra parses the command line; everything else happens in plain functions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from unlearning.errors import UnlearningError
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _report_errors(function, cfg: DictConfig):
+    """Bad input ends the run with its one-line message and exit status 1, not a traceback."""
+    try:
+        return function(cfg)
+    except UnlearningError as error:
+        sys.exit(f"error: {error}")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def unlearn(cfg: DictConfig) -> float:
+    from unlearning.pipeline import run
+
+    return _report_errors(run, cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+def unlearn_eval(cfg: DictConfig) -> dict:
+    from unlearning.pipeline import run_evaluation
+
+    return _report_errors(run_evaluation, cfg)

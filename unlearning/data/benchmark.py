@@ -1,0 +1,88 @@
+"""The splits the TOFU protocol needs, in TOFU's own schema, whatever produced them.
+
+Every QA data source (the synthetic generator, the TOFU loader) returns a `QABenchmark`; the pipeline
+and the evaluation only ever see this object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from unlearning.errors import UnlearningError
+
+QA_FIELDS = ("question", "answer")
+PERTURBED_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
+MULTIPLE_CHOICE_FIELDS = ("question", "answer", "perturbed_answer")
+
+
+class DataError(UnlearningError):
+    """Bad input data: the message names the split or file and the field at fault."""
+
+
+@dataclass
+class QABenchmark:
+    """TOFU-shaped splits.
+
+    full: what the target model is finetuned on. retain: what the retain model is finetuned on, and
+    the retain regularizer's samples. forget: what unlearning removes. The `*_perturbed` sets and the
+    multiple-choice sets feed the evaluation. `pretrain` holds general knowledge that a from-scratch
+    model must learn alongside both finetunes (empty for pretrained models, which already have it).
+    """
+
+    name: str
+    full: list[dict]
+    retain: list[dict]
+    forget: list[dict]
+    forget_perturbed: list[dict]
+    retain_perturbed: list[dict]
+    real_authors: list[dict]
+    world_facts: list[dict]
+    holdout: list[dict] = field(default_factory=list)
+    pretrain: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Fail with one line naming the split and the field when a record does not fit the schema."""
+        required = {
+            "full": QA_FIELDS,
+            "retain": QA_FIELDS,
+            "forget": QA_FIELDS,
+            "forget_perturbed": PERTURBED_FIELDS,
+            "retain_perturbed": PERTURBED_FIELDS,
+            "real_authors": MULTIPLE_CHOICE_FIELDS,
+            "world_facts": MULTIPLE_CHOICE_FIELDS,
+            "holdout": QA_FIELDS,
+            "pretrain": QA_FIELDS,
+        }
+        for split, fields in required.items():
+            records = getattr(self, split)
+            if not records and split in ("full", "retain", "forget", "forget_perturbed"):
+                raise DataError(f"{self.name}: split '{split}' is empty")
+            for i, record in enumerate(records):
+                for name in fields:
+                    if name not in record or record[name] is None:
+                        raise DataError(f"{self.name}: split '{split}' record {i} has no field '{name}'")
+
+    def eval_sets(self) -> dict[str, list[dict]]:
+        """The four TOFU evaluation sets, by the names the metrics report them under."""
+        return {
+            "forget": self.forget_perturbed,
+            "retain": self.retain_perturbed,
+            "real_authors": self.real_authors,
+            "world_facts": self.world_facts,
+        }
+
+    def corpus(self) -> list[str]:
+        """Every text of the benchmark: what a from-scratch tokenizer is trained on."""
+        texts: list[str] = []
+        for records in (self.full, self.pretrain, self.forget_perturbed, self.retain_perturbed,
+                        self.real_authors, self.world_facts, self.holdout):
+            for r in records:
+                texts.append(r["question"])
+                texts.append(r["answer"])
+                if "paraphrased_answer" in r:
+                    texts.append(r["paraphrased_answer"])
+                texts.extend(r.get("perturbed_answer", []))
+        return texts

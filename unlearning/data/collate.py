@@ -1,0 +1,76 @@
+"""Turning question/answer pairs into token ids with answer-only labels, and padding them into batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from unlearning.ops import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How a model expects a QA turn; lives in the model's config because chat formats differ per model.
+
+    `prompt` is formatted with `question`, `answer` with `answer`. The answer (and EOS) are the only
+    labelled tokens: the prompt never contributes to a loss or a metric.
+    """
+
+    prompt: str = "Question: {question}\nAnswer:"
+    answer: str = " {answer}"
+    add_bos: bool = True
+    add_eos: bool = True
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_prompt(tokenizer, template: PromptTemplate, question: str) -> list[int]:
+    """Token ids of the prompt alone (BOS included when the template asks for it): generation input."""
+    bos = [tokenizer.bos_token_id] if template.add_bos and tokenizer.bos_token_id is not None else []
+    return bos + _ids(tokenizer, template.prompt.format(question=question))
+
+
+def encode_qa(tokenizer, template: PromptTemplate, question: str, answer: str, max_length: int) -> dict:
+    """`input_ids` and `labels` (prompt masked with -100) of one QA pair, truncated to `max_length`.
+
+    Prompt and answer are tokenized separately so the prompt/answer boundary is exact whatever the
+    tokenizer merges across it.
+    """
+    prompt_ids = encode_prompt(tokenizer, template, question)
+    answer_ids = _ids(tokenizer, template.answer.format(answer=answer))
+    if template.add_eos and tokenizer.eos_token_id is not None:
+        answer_ids = answer_ids + [tokenizer.eos_token_id]
+    input_ids = (prompt_ids + answer_ids)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def pad_batch(examples: Sequence[dict], pad_token_id: int, side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad `input_ids` (and `labels` when present) to the longest example; adds `attention_mask`.
+
+    Right padding for training and scoring; left padding for batched generation so that every prompt
+    ends at the last position.
+    """
+    width = max(len(e["input_ids"]) for e in examples)
+    batch: dict[str, list] = {"input_ids": [], "attention_mask": []}
+    has_labels = "labels" in examples[0]
+    if has_labels:
+        batch["labels"] = []
+    for e in examples:
+        n_pad = width - len(e["input_ids"])
+        ones = [1] * len(e["input_ids"])
+        if side == "right":
+            batch["input_ids"].append(e["input_ids"] + [pad_token_id] * n_pad)
+            batch["attention_mask"].append(ones + [0] * n_pad)
+            if has_labels:
+                batch["labels"].append(e["labels"] + [IGNORE_INDEX] * n_pad)
+        else:
+            batch["input_ids"].append([pad_token_id] * n_pad + e["input_ids"])
+            batch["attention_mask"].append([0] * n_pad + ones)
+            if has_labels:
+                batch["labels"].append([IGNORE_INDEX] * n_pad + e["labels"])
+    return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}

@@ -1,0 +1,9 @@
+"""The errors a user can cause: each carries one line that names the key, file or field at fault."""
+
+
+class UnlearningError(Exception):
+    """Bad input: the CLI prints the message on one line and exits non-zero."""
+
+
+class ConfigError(UnlearningError):
+    """A config key has a value that cannot work."""

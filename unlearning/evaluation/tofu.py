@@ -1,0 +1,230 @@
+"""TOFU metrics (Maini et al. 2024, arXiv 2401.06121), as the paper's reference code computes them.
+
+The pure functions take numpy arrays so they can be checked by hand and reused on saved scores; the
+batched model functions produce those arrays with one forward pass per padded batch.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from rouge_score import rouge_scorer
+from scipy import stats
+from tqdm.auto import tqdm
+
+from unlearning.data.collate import PromptTemplate, encode_prompt, encode_qa, pad_batch
+from unlearning.ops import sequence_logprob
+
+TOFU_SETS = ("forget", "retain", "real_authors", "world_facts")
+UTILITY_SETS = ("retain", "real_authors", "world_facts")
+MULTIPLE_CHOICE_SETS = ("real_authors", "world_facts")
+METRICS = ("prob", "rouge", "truth_ratio")
+
+
+# ---------------------------------------------------------------------------------------------- pure
+
+
+def normalized_probability(logp_sum, n_tokens) -> np.ndarray:
+    """P̄(a|q) = P(a|q)^(1/|a|) = exp(logp_sum / |a|): per-token, so answers of any length compare."""
+    return np.exp(np.asarray(logp_sum, dtype=float) / np.asarray(n_tokens, dtype=float))
+
+
+def multiple_choice_probability(true_norm_prob, perturbed_norm_prob) -> np.ndarray:
+    """P̄(a) / (P̄(a) + Σ_k P̄(â_k)) per example: the mass on the true answer among the k+1 options.
+
+    Used on real authors / world facts, where a general model's absolute P̄ says little.
+    """
+    true = np.asarray(true_norm_prob, dtype=float)
+    return true / (true + np.asarray(perturbed_norm_prob, dtype=float).sum(-1))
+
+
+def truth_ratio(perturbed_norm_logp, reference_norm_logp) -> np.ndarray:
+    """R = geomean_k P̄(â_k) / P̄(ã) = exp(mean_k log P̄(â_k) − log P̄(ã)) per example.
+
+    Inputs are length-normalized log-probs ([n, k] and [n]). ã is the paraphrased answer (forget,
+    retain) or the original answer (real authors, world facts): R < 1 means the model prefers it.
+    """
+    perturbed = np.asarray(perturbed_norm_logp, dtype=float)
+    return np.exp(perturbed.mean(-1) - np.asarray(reference_norm_logp, dtype=float))
+
+
+def forget_truth_score(ratios) -> float:
+    """mean(min(R, 1/R)): 1 when the model cannot tell true from false, as a model never trained on it."""
+    r = np.asarray(ratios, dtype=float)
+    return float(np.mean(np.minimum(r, 1.0 / r)))
+
+
+def utility_truth_score(ratios) -> float:
+    """mean(max(0, 1 − R)): how strongly the model prefers the correct answer over perturbed ones."""
+    return float(np.mean(np.maximum(0.0, 1.0 - np.asarray(ratios, dtype=float))))
+
+
+def forget_quality(r_unlearned, r_retain_model) -> float:
+    """KS-test p-value of the raw forget-set truth ratios of the unlearned vs the retain model.
+
+    High means indistinguishable from a model that never saw the forget set.
+    """
+    return float(stats.ks_2samp(np.asarray(r_unlearned), np.asarray(r_retain_model)).pvalue)
+
+
+def model_utility(values: Mapping[str, float]) -> float:
+    """Harmonic mean of {prob, rouge, truth_ratio} × {retain, real_authors, world_facts}.
+
+    `values` holds flat keys like `retain_prob` (extra keys are ignored). A zero anywhere gives 0, the
+    limit of the harmonic mean, which scipy would otherwise warn about.
+    """
+    picked = [float(values[f"{s}_{m}"]) for s in UTILITY_SETS for m in METRICS]
+    return 0.0 if min(picked) <= 0.0 else float(stats.hmean(picked))
+
+
+def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """Per-example ROUGE-L recall (LCS / |reference|, stemmed): the share of the answer reproduced."""
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return np.array([scorer.score(target=ref, prediction=pred)["rougeL"].recall
+                     for pred, ref in zip(predictions, references, strict=True)])
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+@contextmanager
+def _eval_mode(model):
+    """Disable dropout while measuring, then give the caller back the model in the mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Index batches of similar lengths (longest first, so running out of memory happens at once)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _n_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+@torch.no_grad()
+def score_answers(model, tokenizer, template: PromptTemplate, pairs: Sequence[tuple[str, str]],
+                  batch_size: int = 32, max_length: int = 512,
+                  progress_bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of answer-token log-probs and number of answer tokens of each (question, answer), in order."""
+    encoded = [encode_qa(tokenizer, template, q, a, max_length) for q, a in pairs]
+    logp, counts = np.zeros(len(encoded)), np.zeros(len(encoded), dtype=np.int64)
+    with _eval_mode(model):
+        for idx in _batches([len(e["input_ids"]) for e in encoded], batch_size):
+            batch = pad_batch([encoded[i] for i in idx], _pad_id(tokenizer))
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False).logits
+            sums, n = sequence_logprob(logits, batch["labels"])
+            logp[idx], counts[idx] = sums.cpu().numpy(), n.cpu().numpy()
+            if progress_bar is not None:
+                progress_bar.update()
+    if (counts == 0).any():  # a 0/0 here would silently become NaN in every metric downstream
+        question, answer = pairs[int(np.argmax(counts == 0))]
+        raise ValueError(f"answer {answer!r} to {question!r} has no token within max_length={max_length}")
+    return logp, counts
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, template: PromptTemplate, questions: Sequence[str],
+                     max_new_tokens: int = 200, batch_size: int = 32,
+                     progress_bar: tqdm | None = None) -> list[str]:
+    """Greedy answers to `questions`, batched with left padding so every prompt ends at the last slot."""
+    prompts = [{"input_ids": encode_prompt(tokenizer, template, q)} for q in questions]
+    answers = [""] * len(prompts)
+    with _eval_mode(model):
+        for idx in _batches([len(p["input_ids"]) for p in prompts], batch_size):
+            batch = pad_batch([prompts[i] for i in idx], _pad_id(tokenizer), side="left")
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=_pad_id(tokenizer))
+            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            for i, text in zip(idx, texts):
+                answers[i] = text.strip()
+            if progress_bar is not None:
+                progress_bar.update()
+    return answers
+
+
+@dataclass
+class TofuEvaluation:
+    """aggregates: flat `{set}_{metric}` (+ `model_utility`); per_example: per set, per metric lists;
+    forget_truth_ratios: raw R on the forget set, kept to compute forget quality against another model."""
+
+    aggregates: dict[str, float]
+    per_example: dict[str, dict[str, list]]
+    forget_truth_ratios: np.ndarray
+
+
+def _flatten(records: list[dict]) -> tuple[list[tuple[str, str]], list[tuple[int, int, int]]]:
+    """Every answer variant as a (question, answer) pair, and per record (start, reference, end) offsets.
+
+    Layout per record: answer, paraphrased answer when present, perturbed answers; the truth-ratio
+    reference is the paraphrase when there is one, else the answer itself.
+    """
+    pairs, layout = [], []
+    for r in records:
+        has_para = r.get("paraphrased_answer") is not None
+        texts = [r["answer"], *([r["paraphrased_answer"]] if has_para else []), *r["perturbed_answer"]]
+        layout.append((len(pairs), len(pairs) + int(has_para), len(pairs) + len(texts)))
+        pairs.extend((r["question"], t) for t in texts)
+    return pairs, layout
+
+
+def _prob_and_truth_ratio(name: str, logp: np.ndarray, counts: np.ndarray,
+                          layout: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-record probability (plain on forget/retain, multiple-choice elsewhere) and raw truth ratio."""
+    starts, refs, ends = (np.array(column) for column in zip(*layout))
+    perturbed = np.array([np.arange(ref + 1, end) for ref, end in zip(refs, ends)])  # [n, k] indices
+    prob = normalized_probability(logp[starts], counts[starts])
+    if name in MULTIPLE_CHOICE_SETS:
+        prob = multiple_choice_probability(prob, normalized_probability(logp[perturbed], counts[perturbed]))
+    norm_logp = logp / counts
+    return prob, truth_ratio(norm_logp[perturbed], norm_logp[refs])
+
+
+def evaluate_tofu(model, tokenizer, template: PromptTemplate, eval_sets: Mapping[str, list[dict]],
+                  batch_size: int = 32, max_length: int = 512, max_new_tokens: int = 200,
+                  progress: bool = False) -> TofuEvaluation:
+    """Probability, ROUGE-L recall and truth ratio on each present TOFU set, and model utility."""
+    unknown = set(eval_sets) - set(TOFU_SETS)
+    if unknown:
+        raise ValueError(f"unknown TOFU eval sets {sorted(unknown)}; expected a subset of {TOFU_SETS}")
+    sets = {name: eval_sets[name] for name in TOFU_SETS if eval_sets.get(name)}
+    flat = {name: _flatten(records) for name, records in sets.items()}
+    # one bar over every forward and generate call: scoring batches plus generation batches per set
+    total = sum(_n_batches(len(flat[n][0]), batch_size) + _n_batches(len(r), batch_size)
+                for n, r in sets.items())
+    aggregates, per_example, forget_ratios = {}, {}, np.zeros(0)
+    with tqdm(total=total, disable=not progress, desc="TOFU eval") as bar:
+        for name, records in sets.items():
+            pairs, layout = flat[name]
+            logp, counts = score_answers(model, tokenizer, template, pairs, batch_size, max_length, bar)
+            prob, ratios = _prob_and_truth_ratio(name, logp, counts, layout)
+            generations = generate_answers(model, tokenizer, template, [r["question"] for r in records],
+                                           max_new_tokens, batch_size, bar)
+            rouge = rouge_l_recall(generations, [r["answer"] for r in records])
+            score = forget_truth_score if name == "forget" else utility_truth_score
+            aggregates.update({f"{name}_prob": float(prob.mean()), f"{name}_rouge": float(rouge.mean()),
+                               f"{name}_truth_ratio": score(ratios)})
+            per_example[name] = {"prob": prob.tolist(), "rouge": rouge.tolist(),
+                                 "truth_ratio": ratios.tolist(), "generation": generations}
+            if name == "forget":
+                forget_ratios = ratios
+    if all(name in sets for name in UTILITY_SETS):
+        aggregates["model_utility"] = model_utility(aggregates)
+    return TofuEvaluation(aggregates, per_example, forget_ratios)

@@ -1,0 +1,134 @@
+"""Where models come from: a Hugging Face id or folder, or a tiny Llama built from config.
+
+A model config instantiates a `ModelSpec`: it knows the prompt template of the model and how to load
+weights + tokenizer from a path. `ScratchLlama` can also *build* its base model (a tokenizer trained on
+the benchmark's text and randomly initialised weights), which is what the self-contained default uses.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from unlearning.data.collate import PromptTemplate
+from unlearning.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelSpec:
+    """What every model config provides: a name, a prompt template, dtype and how to load a folder."""
+
+    name: str
+    template: Any = field(default_factory=PromptTemplate)
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.template, Mapping):
+            self.template = PromptTemplate(**self.template)
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}")
+
+    def load(self, path: str | Path) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+        return load_pretrained(path, DTYPES[self.dtype], self.trust_remote_code)
+
+
+@dataclass
+class PretrainedModel(ModelSpec):
+    """A pretrained causal LM: a Hugging Face hub id or a local folder in `save_pretrained` format."""
+
+    name_or_path: str = ""
+
+    def base_path(self) -> str:
+        if not self.name_or_path:
+            raise ConfigError("model.name_or_path is empty: give a Hugging Face id or a local folder")
+        return self.name_or_path
+
+
+@dataclass
+class ScratchLlama(ModelSpec):
+    """A tiny Llama whose tokenizer (byte-level BPE) is trained on the benchmark's own text.
+
+    Nothing is downloaded: the default experiment makes its model from this config and the data.
+    """
+
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    max_position_embeddings: int = 256
+
+    def build(self, folder: Path, corpus: list[str], seed: int) -> None:
+        """Train the tokenizer on `corpus`, initialise the weights from `seed`, save both to `folder`."""
+        tokenizer = train_byte_level_tokenizer(corpus, self.vocab_size)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_heads,
+            max_position_embeddings=self.max_position_embeddings,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=True,
+        )
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(config)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+
+def train_byte_level_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-2 style) with <pad>, <s>, </s>; deterministic for a given corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def load_pretrained(path: str | Path, dtype: torch.dtype, trust_remote_code: bool = False):
+    """Model (in train mode) and tokenizer from a hub id or folder; safetensors only, no remote code
+    unless the model config asks for it. A tokenizer without a pad token pads with EOS (padding is
+    always masked out of losses and metrics)."""
+    path = str(path)
+    if Path(path).is_dir() and not any(
+        (Path(path) / name).exists() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+    ):
+        raise ConfigError(f"model folder {path} has no tokenizer (tokenizer.json / tokenizer.model)")
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+    # from_pretrained returns eval mode: training stages need dropout etc. as configured.
+    model.train()
+    return model, tokenizer
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A no-grad, eval-mode copy: the reference / teacher model that objectives compare against."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref

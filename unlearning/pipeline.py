@@ -1,0 +1,212 @@
+"""The TOFU protocol as stages: build base -> finetune target | finetune retain -> unlearn -> evaluate.
+
+Finished stages are cached under `paths.cache_dir`, in folders named by a hash of everything that
+determines them (model config, the records trained on, training settings, seed), so a sweep of
+unlearning runs finetunes its target and retain model once. A stage is built in a temporary folder and
+renamed into place when complete; a lock makes concurrent sweep jobs wait for one build, not repeat it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import lightning as L
+from filelock import FileLock
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from unlearning.data.benchmark import QABenchmark
+from unlearning.data.datamodule import UnlearningDataModule
+from unlearning.errors import ConfigError
+from unlearning.evaluation.tofu import evaluate_tofu, forget_quality
+from unlearning.methods.base import Objective
+from unlearning.methods.language_modeling import LanguageModeling
+from unlearning.models import ModelSpec, PretrainedModel, ScratchLlama
+from unlearning.module import UnlearningModule
+from unlearning.results import format_table, write_json_atomic
+from unlearning.retain import RetainRegularizer
+
+log = logging.getLogger(__name__)
+
+DONE_MARKER = "STAGE_DONE.json"
+TABLE_COLUMNS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge",
+                 "retain_prob", "retain_rouge", "retain_truth_ratio")
+
+
+def fingerprint(parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts (configs, records)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class StageCache:
+    """Stage outputs under `root/<stage>-<hash>/`, complete once `STAGE_DONE.json` exists."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+
+    def folder(self, stage: str, parts: Any) -> Path:
+        return self.root / f"{stage}-{fingerprint(parts)}"
+
+    def get_or_build(self, stage: str, parts: Any, build: Callable[[Path], None]) -> Path:
+        folder = self.folder(stage, parts)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder) + ".lock"):
+            if (folder / DONE_MARKER).exists():
+                log.info("stage %s: reusing %s", stage, folder)
+                return folder
+            tmp = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an older layout
+            tmp.mkdir(parents=True)
+            log.info("stage %s: building %s", stage, folder)
+            build(tmp)
+            write_json_atomic(tmp / DONE_MARKER, {"stage": stage, "parts": parts})
+            tmp.rename(folder)
+        return folder
+
+
+@dataclass
+class Protocol:
+    """Everything a run's stages share: the composed config and the objects built from it."""
+
+    cfg: DictConfig
+    benchmark: QABenchmark
+    spec: ModelSpec
+    cache: StageCache
+    run_dir: Path
+
+    @property
+    def model_key(self) -> dict:
+        return {"model": OmegaConf.to_container(self.cfg.model, resolve=True), "seed": self.cfg.seed}
+
+    def base_model(self) -> str:
+        """The path the protocol starts from: a built scratch model, or a hub id / folder."""
+        if isinstance(self.spec, ScratchLlama):
+            corpus = self.benchmark.corpus()
+            parts = {**self.model_key, "corpus": fingerprint(corpus)}
+            return str(self.cache.get_or_build(
+                "base", parts, lambda folder: self.spec.build(folder, corpus, self.cfg.seed)))
+        if isinstance(self.spec, PretrainedModel):
+            return self.spec.base_path()
+        raise ConfigError(f"model._target_ builds a {type(self.spec).__name__}, which has no base model")
+
+    def train(self, policy, tokenizer, objective: Objective, retain: RetainRegularizer | None,
+              sets: Mapping[str, Sequence[dict]], optimizer, batch_size: int, stage: str,
+              epochs: int, max_steps: int = -1) -> None:
+        """One Lightning fit of `objective` (+ `retain`) on the named sets."""
+        L.seed_everything(self.cfg.seed, workers=True, verbose=False)
+        module = UnlearningModule(policy, objective, optimizer, retain, warmup_steps=self.cfg.warmup_steps)
+        datamodule = UnlearningDataModule(
+            {key: sets[key] for key in module.batch_keys()}, tokenizer, self.spec.template,
+            batch_size=batch_size, max_length=self.cfg.max_length, seed=self.cfg.seed,
+        )
+        logger = instantiate(self.cfg.logger, name=stage) if self.cfg.get("logger") else False
+        trainer = instantiate(self.cfg.trainer, max_epochs=epochs, max_steps=max_steps, logger=logger)
+        trainer.fit(module, datamodule=datamodule)
+
+    def finetune(self, stage: str, records: list[dict]) -> Path:
+        """Finetune the base model on `records` (+ the benchmark's general knowledge), cached."""
+        ft = self.cfg.finetune
+        given = ft.get(f"{stage}_path")
+        if given:
+            return Path(given)
+        records = self.benchmark.pretrain + records
+        base = self.base_model()
+        parts = {**self.model_key, "base": base, "finetune": OmegaConf.to_container(ft, resolve=True),
+                 "records": fingerprint(records), "max_length": self.cfg.max_length}
+
+        def build(folder: Path) -> None:
+            policy, tokenizer = self.spec.load(base)
+            optimizer = instantiate(self.cfg.optimizer, lr=ft.lr)
+            self.train(policy, tokenizer, LanguageModeling(), None, {"train": records}, optimizer,
+                       ft.batch_size, f"finetune_{stage}", ft.epochs, ft.max_steps)
+            policy.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
+        return self.cache.get_or_build(f"finetune_{stage}", parts, build)
+
+    def unlearn(self, target: Path):
+        """Unlearn the forget set from the target; the result is saved in the run folder."""
+        policy, tokenizer = self.spec.load(target)
+        objective = instantiate(self.cfg.method)
+        retain = instantiate(self.cfg.retain) if self.cfg.get("retain") else None
+        sets = {"forget": self.benchmark.forget, "retain": self.benchmark.retain}
+        self.train(policy, tokenizer, objective, retain, sets, instantiate(self.cfg.optimizer),
+                   self.cfg.data.batch_size, "unlearn", self.cfg.trainer.max_epochs,
+                   self.cfg.trainer.get("max_steps", -1))
+        folder = self.run_dir / "unlearned"
+        policy.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return policy, tokenizer
+
+    def eval_sets(self) -> dict[str, list[dict]]:
+        limit = self.cfg.eval.max_examples
+        return {name: records[:limit] if limit else records for name, records in self.benchmark.eval_sets().items()}
+
+    def evaluate(self, policy, tokenizer) -> dict:
+        """TOFU metrics of one model: aggregates, per-example values, raw forget truth ratios."""
+        settings = self.cfg.eval.tofu
+        evaluation = evaluate_tofu(
+            policy, tokenizer, self.spec.template, self.eval_sets(), batch_size=settings.batch_size,
+            max_length=self.cfg.max_length, max_new_tokens=settings.max_new_tokens, progress=True,
+        )
+        return {"aggregates": evaluation.aggregates, "per_example": evaluation.per_example,
+                "forget_truth_ratios": evaluation.forget_truth_ratios.tolist()}
+
+    def evaluate_cached(self, folder: Path) -> dict:
+        """Evaluate a cached stage's model once per evaluation setting: sweeps reuse the numbers."""
+        parts = {"eval": OmegaConf.to_container(self.cfg.eval, resolve=True), "sets": fingerprint(self.eval_sets()),
+                 "template": str(self.spec.template), "max_length": self.cfg.max_length}
+        cached = folder / f"eval-{fingerprint(parts)}.json"
+        if cached.exists():
+            return json.loads(cached.read_text())
+        policy, tokenizer = self.spec.load(folder)
+        result = self.evaluate(policy, tokenizer)
+        write_json_atomic(cached, result)
+        return result
+
+
+def run(cfg: DictConfig) -> float:
+    """Run the whole protocol; returns the unlearned model's `cfg.objective_metric` for sweepers."""
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    protocol = Protocol(cfg=cfg, benchmark=instantiate(cfg.data.benchmark), spec=instantiate(cfg.model),
+                        cache=StageCache(cfg.paths.cache_dir), run_dir=run_dir)
+    target = protocol.finetune("target", protocol.benchmark.full)
+    retain_model = protocol.finetune("retain", protocol.benchmark.retain)
+    policy, tokenizer = protocol.unlearn(target)
+
+    evaluations = {
+        "target": protocol.evaluate_cached(target),
+        "retain": protocol.evaluate_cached(retain_model),
+        "unlearned": protocol.evaluate(policy, tokenizer),
+    }
+    reference = evaluations["retain"]["forget_truth_ratios"]
+    models = {}
+    for name, evaluation in evaluations.items():
+        metrics = dict(evaluation["aggregates"])
+        metrics["forget_quality"] = forget_quality(evaluation["forget_truth_ratios"], reference)
+        models[name] = metrics
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    write_json_atomic(run_dir / "per_example.json",
+                      {name: evaluation["per_example"] for name, evaluation in evaluations.items()})
+    write_json_atomic(run_dir / "results.json", {
+        "models": models,
+        "paths": {"target": str(target), "retain": str(retain_model), "unlearned": str(run_dir / "unlearned")},
+        "per_example": "per_example.json",
+        "config": resolved,
+    })
+    print(format_table(models, TABLE_COLUMNS))
+    print(f"results: {run_dir / 'results.json'}")
+    metric = cfg.objective_metric
+    if metric not in models["unlearned"]:
+        raise ConfigError(f"objective_metric={metric!r} is not a result; valid: {', '.join(sorted(models['unlearned']))}")
+    return float(models["unlearned"][metric])
+
