@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from unlearning.data.collate import PromptTemplate, encode_prompt, encode_qa
 from unlearning.evaluation.tofu import (
@@ -86,35 +84,7 @@ def test_rouge_l_recall():
 
 # ----------------------------------------------------------------------------------------- model
 
-SENTENCES = [
-    "Question: Who wrote the book?\nAnswer: The author was born in Paris.",
-    "Basil Mahfouz Al-Kuwaiti writes novels about the sea and the desert.",
-    "The capital of France is Paris and the capital of Italy is Rome.",
-    "Question: Where was she born?\nAnswer: She was born in a small town.",
-    "Her father was a doctor and her mother was a teacher of music.",
-]
 TEMPLATE = PromptTemplate()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(SENTENCES * 5, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         initializer_range=0.5, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return LlamaForCausalLM(config).train()  # train mode on purpose: the functions must restore it
 
 
 PAIRS = [

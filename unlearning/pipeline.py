@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 from filelock import FileLock
-from hydra.utils import instantiate
+from unlearning.config import build
 from omegaconf import DictConfig, OmegaConf
 
 from unlearning.data.benchmark import QABenchmark
@@ -54,7 +54,7 @@ class StageCache:
     def folder(self, stage: str, parts: Any) -> Path:
         return self.root / f"{stage}-{fingerprint(parts)}"
 
-    def get_or_build(self, stage: str, parts: Any, build: Callable[[Path], None]) -> Path:
+    def get_or_build(self, stage: str, parts: Any, make: Callable[[Path], None]) -> Path:
         folder = self.folder(stage, parts)
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder) + ".lock"):
@@ -66,7 +66,7 @@ class StageCache:
             shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an older layout
             tmp.mkdir(parents=True)
             log.info("stage %s: building %s", stage, folder)
-            build(tmp)
+            make(tmp)
             write_json_atomic(tmp / DONE_MARKER, {"stage": stage, "parts": parts})
             tmp.rename(folder)
         return folder
@@ -107,8 +107,8 @@ class Protocol:
             {key: sets[key] for key in module.batch_keys()}, tokenizer, self.spec.template,
             batch_size=batch_size, max_length=self.cfg.max_length, seed=self.cfg.seed,
         )
-        logger = instantiate(self.cfg.logger, name=stage) if self.cfg.get("logger") else False
-        trainer = instantiate(self.cfg.trainer, max_epochs=epochs, max_steps=max_steps, logger=logger)
+        logger = build(self.cfg.logger, name=stage) if self.cfg.get("logger") else False
+        trainer = build(self.cfg.trainer, max_epochs=epochs, max_steps=max_steps, logger=logger)
         trainer.fit(module, datamodule=datamodule)
 
     def finetune(self, stage: str, records: list[dict]) -> Path:
@@ -122,23 +122,23 @@ class Protocol:
         parts = {**self.model_key, "base": base, "finetune": OmegaConf.to_container(ft, resolve=True),
                  "records": fingerprint(records), "max_length": self.cfg.max_length}
 
-        def build(folder: Path) -> None:
+        def make(folder: Path) -> None:
             policy, tokenizer = self.spec.load(base)
-            optimizer = instantiate(self.cfg.optimizer, lr=ft.lr)
+            optimizer = build(self.cfg.optimizer, lr=ft.lr)
             self.train(policy, tokenizer, LanguageModeling(), None, {"train": records}, optimizer,
                        ft.batch_size, f"finetune_{stage}", ft.epochs, ft.max_steps)
             policy.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
 
-        return self.cache.get_or_build(f"finetune_{stage}", parts, build)
+        return self.cache.get_or_build(f"finetune_{stage}", parts, make)
 
     def unlearn(self, target: Path):
         """Unlearn the forget set from the target; the result is saved in the run folder."""
         policy, tokenizer = self.spec.load(target)
-        objective = instantiate(self.cfg.method)
-        retain = instantiate(self.cfg.retain) if self.cfg.get("retain") else None
+        objective = build(self.cfg.method)
+        retain = build(self.cfg.retain) if self.cfg.get("retain") else None
         sets = {"forget": self.benchmark.forget, "retain": self.benchmark.retain}
-        self.train(policy, tokenizer, objective, retain, sets, instantiate(self.cfg.optimizer),
+        self.train(policy, tokenizer, objective, retain, sets, build(self.cfg.optimizer),
                    self.cfg.data.batch_size, "unlearn", self.cfg.trainer.max_epochs,
                    self.cfg.trainer.get("max_steps", -1))
         folder = self.run_dir / "unlearned"
@@ -173,40 +173,64 @@ class Protocol:
         return result
 
 
-def run(cfg: DictConfig) -> float:
-    """Run the whole protocol; returns the unlearned model's `cfg.objective_metric` for sweepers."""
+def build_protocol(cfg: DictConfig) -> Protocol:
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    protocol = Protocol(cfg=cfg, benchmark=instantiate(cfg.data.benchmark), spec=instantiate(cfg.model),
-                        cache=StageCache(cfg.paths.cache_dir), run_dir=run_dir)
+    return Protocol(cfg=cfg, benchmark=build(cfg.data.benchmark), spec=build(cfg.model),
+                    cache=StageCache(cfg.paths.cache_dir), run_dir=run_dir)
+
+
+def report(protocol: Protocol, evaluations: dict[str, dict], reference: str | None, paths: dict) -> dict:
+    """Add forget quality against the `reference` model's forget truth ratios, write results.json and
+    per_example.json atomically, print the table; returns the aggregate metrics per model."""
+    models = {}
+    for name, evaluation in evaluations.items():
+        metrics = dict(evaluation["aggregates"])
+        if reference is not None:
+            metrics["forget_quality"] = forget_quality(
+                evaluation["forget_truth_ratios"], evaluations[reference]["forget_truth_ratios"])
+        models[name] = metrics
+    run_dir = protocol.run_dir
+    write_json_atomic(run_dir / "per_example.json",
+                      {name: evaluation["per_example"] for name, evaluation in evaluations.items()})
+    write_json_atomic(run_dir / "results.json", {
+        "models": models,
+        "paths": paths,
+        "per_example": "per_example.json",
+        "config": OmegaConf.to_container(protocol.cfg, resolve=True),
+    })
+    print(format_table(models, TABLE_COLUMNS))
+    print(f"results: {run_dir / 'results.json'}")
+    return models
+
+
+def run(cfg: DictConfig) -> float:
+    """Run the whole protocol; returns the unlearned model's `cfg.objective_metric` for sweepers."""
+    protocol = build_protocol(cfg)
     target = protocol.finetune("target", protocol.benchmark.full)
     retain_model = protocol.finetune("retain", protocol.benchmark.retain)
     policy, tokenizer = protocol.unlearn(target)
-
     evaluations = {
         "target": protocol.evaluate_cached(target),
         "retain": protocol.evaluate_cached(retain_model),
         "unlearned": protocol.evaluate(policy, tokenizer),
     }
-    reference = evaluations["retain"]["forget_truth_ratios"]
-    models = {}
-    for name, evaluation in evaluations.items():
-        metrics = dict(evaluation["aggregates"])
-        metrics["forget_quality"] = forget_quality(evaluation["forget_truth_ratios"], reference)
-        models[name] = metrics
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    write_json_atomic(run_dir / "per_example.json",
-                      {name: evaluation["per_example"] for name, evaluation in evaluations.items()})
-    write_json_atomic(run_dir / "results.json", {
-        "models": models,
-        "paths": {"target": str(target), "retain": str(retain_model), "unlearned": str(run_dir / "unlearned")},
-        "per_example": "per_example.json",
-        "config": resolved,
-    })
-    print(format_table(models, TABLE_COLUMNS))
-    print(f"results: {run_dir / 'results.json'}")
+    paths = {"target": str(target), "retain": str(retain_model), "unlearned": str(protocol.run_dir / "unlearned")}
+    models = report(protocol, evaluations, "retain", paths)
     metric = cfg.objective_metric
     if metric not in models["unlearned"]:
         raise ConfigError(f"objective_metric={metric!r} is not a result; valid: {', '.join(sorted(models['unlearned']))}")
     return float(models["unlearned"][metric])
 
+
+def run_evaluation(cfg: DictConfig) -> dict:
+    """`unlearn-eval`: score a saved checkpoint (and, for forget quality, a retain model)."""
+    protocol = build_protocol(cfg)
+    folders = {"checkpoint": cfg.checkpoint}
+    if cfg.get("retain_checkpoint"):
+        folders["retain"] = cfg.retain_checkpoint
+    for name, folder in folders.items():
+        if not Path(folder).is_dir():
+            raise ConfigError(f"{name}={folder} is not a model folder")
+    evaluations = {name: protocol.evaluate(*protocol.spec.load(folder)) for name, folder in folders.items()}
+    return report(protocol, evaluations, "retain" if "retain" in folders else None, folders)
