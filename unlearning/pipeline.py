@@ -21,13 +21,14 @@ from filelock import FileLock
 from unlearning.config import build
 from omegaconf import DictConfig, OmegaConf
 
+from unlearning.data.alternates import alternate_answers
 from unlearning.data.benchmark import QABenchmark
 from unlearning.data.datamodule import UnlearningDataModule
 from unlearning.errors import ConfigError
 from unlearning.evaluation.tofu import evaluate_tofu, forget_quality
 from unlearning.methods.base import Objective
 from unlearning.methods.language_modeling import LanguageModeling
-from unlearning.models import ModelSpec, PretrainedModel, ScratchLlama
+from unlearning.models import ModelSpec, PretrainedModel, ScratchLlama, frozen_copy
 from unlearning.module import UnlearningModule
 from unlearning.results import format_table, write_json_atomic
 from unlearning.retain import RetainRegularizer
@@ -97,28 +98,56 @@ class Protocol:
             return self.spec.base_path()
         raise ConfigError(f"model._target_ builds a {type(self.spec).__name__}, which has no base model")
 
+    def sets(self, keys: Sequence[str]) -> dict[str, list[dict]]:
+        """The records behind each batch key an objective or regularizer declares."""
+        providers = {
+            "forget": lambda: self.benchmark.forget,
+            "retain": lambda: self.benchmark.retain,
+            "alternate": lambda: alternate_answers(self.benchmark.forget, self.cfg.seed,
+                                                   self.cfg.data.get("alternates_path")),
+        }
+        unknown = [key for key in keys if key not in providers]
+        if unknown:
+            raise ConfigError(f"the method reads batch key(s) {unknown}; the pipeline provides {sorted(providers)}")
+        return {key: providers[key]() for key in keys}
+
+    def frozen(self, names: Sequence[str], target: Path) -> dict:
+        """Frozen models besides "ref" (which the module copies from the policy): the reinforced model."""
+        models = {}
+        if "reinforced" in names:
+            reinforced = self.finetune("reinforced", self.benchmark.forget, start=target,
+                                       settings=self.cfg.reinforce)
+            models["reinforced"] = frozen_copy(self.spec.load(reinforced)[0])
+        return models
+
     def train(self, policy, tokenizer, objective: Objective, retain: RetainRegularizer | None,
               sets: Mapping[str, Sequence[dict]], optimizer, batch_size: int, stage: str,
-              epochs: int, max_steps: int = -1) -> None:
+              epochs: int, max_steps: int = -1, frozen: Mapping | None = None) -> None:
         """One Lightning fit of `objective` (+ `retain`) on the named sets."""
         L.seed_everything(self.cfg.seed, workers=True, verbose=False)
-        module = UnlearningModule(policy, objective, optimizer, retain, warmup_steps=self.cfg.warmup_steps)
+        module = UnlearningModule(policy, objective, optimizer, retain, frozen=frozen,
+                                  warmup_steps=self.cfg.warmup_steps,
+                                  trainable_params=self.cfg.get("trainable_params"))
         datamodule = UnlearningDataModule(
             {key: sets[key] for key in module.batch_keys()}, tokenizer, self.spec.template,
             batch_size=batch_size, max_length=self.cfg.max_length, seed=self.cfg.seed,
+            aligned_keys=("alternate",),
         )
         logger = build(self.cfg.logger, name=stage) if self.cfg.get("logger") else False
         trainer = build(self.cfg.trainer, max_epochs=epochs, max_steps=max_steps, logger=logger)
         trainer.fit(module, datamodule=datamodule)
 
-    def finetune(self, stage: str, records: list[dict]) -> Path:
-        """Finetune the base model on `records` (+ the benchmark's general knowledge), cached."""
-        ft = self.cfg.finetune
+    def finetune(self, stage: str, records: list[dict], start: Path | None = None,
+                 settings: DictConfig | None = None) -> Path:
+        """Finetune `start` (default: the base model, with the benchmark's general knowledge added to
+        `records`) on `records` with `settings` (default: cfg.finetune); cached."""
+        ft = settings if settings is not None else self.cfg.finetune
         given = ft.get(f"{stage}_path")
         if given:
             return Path(given)
-        records = self.benchmark.pretrain + records
-        base = self.base_model()
+        if start is None:
+            records = self.benchmark.pretrain + records
+        base = str(start) if start is not None else self.base_model()
         parts = {**self.model_key, "base": base, "finetune": OmegaConf.to_container(ft, resolve=True),
                  "records": fingerprint(records), "max_length": self.cfg.max_length}
 
@@ -134,13 +163,15 @@ class Protocol:
 
     def unlearn(self, target: Path):
         """Unlearn the forget set from the target; the result is saved in the run folder."""
-        policy, tokenizer = self.spec.load(target)
         objective = build(self.cfg.method)
         retain = build(self.cfg.retain) if self.cfg.get("retain") else None
-        sets = {"forget": self.benchmark.forget, "retain": self.benchmark.retain}
+        keys = objective.batch_keys + (retain.batch_keys if retain is not None else ())
+        sets = self.sets(tuple(dict.fromkeys(keys)))
+        frozen = self.frozen(objective.frozen_models, target)
+        policy, tokenizer = self.spec.load(target)
         self.train(policy, tokenizer, objective, retain, sets, build(self.cfg.optimizer),
                    self.cfg.data.batch_size, "unlearn", self.cfg.trainer.max_epochs,
-                   self.cfg.trainer.get("max_steps", -1))
+                   self.cfg.trainer.get("max_steps", -1), frozen=frozen)
         folder = self.run_dir / "unlearned"
         policy.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
@@ -205,7 +236,12 @@ def report(protocol: Protocol, evaluations: dict[str, dict], reference: str | No
 
 
 def run(cfg: DictConfig) -> float:
-    """Run the whole protocol; returns the unlearned model's `cfg.objective_metric` for sweepers."""
+    """The entry point's only call: run the configured protocol, return the sweep metric."""
+    return build(cfg.protocol)(cfg)
+
+
+def run_tofu(cfg: DictConfig) -> float:
+    """The TOFU protocol; returns the unlearned model's `cfg.objective_metric` for sweepers."""
     protocol = build_protocol(cfg)
     target = protocol.finetune("target", protocol.benchmark.full)
     retain_model = protocol.finetune("retain", protocol.benchmark.retain)

@@ -49,6 +49,21 @@ def encode_qa(tokenizer, template: PromptTemplate, question: str, answer: str, m
     return {"input_ids": input_ids, "labels": labels}
 
 
+def encode_text(tokenizer, template: PromptTemplate, text: str, max_length: int) -> dict:
+    """A plain-text block (a book passage, a document): every token after BOS is labelled."""
+    ids = encode_prompt(tokenizer, PromptTemplate(prompt="{question}", add_bos=template.add_bos), text)
+    ids = ids[:max_length]
+    bos = int(bool(ids) and ids[0] == tokenizer.bos_token_id and template.add_bos)
+    return {"input_ids": ids, "labels": [IGNORE_INDEX] * bos + ids[bos:]}
+
+
+def encode_record(tokenizer, template: PromptTemplate, record: dict, max_length: int) -> dict:
+    """A QA record (`question`, `answer`) or a text record (`text`), encoded for training."""
+    if "text" in record:
+        return encode_text(tokenizer, template, record["text"], max_length)
+    return encode_qa(tokenizer, template, record["question"], record["answer"], max_length)
+
+
 def pad_batch(examples: Sequence[dict], pad_token_id: int, side: str = "right") -> dict[str, torch.Tensor]:
     """Pad `input_ids` (and `labels` when present) to the longest example; adds `attention_mask`.
 

@@ -1,5 +1,6 @@
 """Batches for every stage: the primary set (forget, or the finetune set) iterated in epochs, each
-example paired with companion samples (retain) drawn at random.
+example paired with companion samples (retain) drawn at random, and with aligned samples (an alternate
+answer to the same question) taken at the same index.
 
 Companion draws are a pure function of (seed, rank, epoch, index): reproducible, resumable, and
 **different on every rank**, so several processes never train on the same retain samples.
@@ -13,17 +14,22 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from unlearning.data.collate import PromptTemplate, encode_qa, pad_batch
+from unlearning.data.collate import PromptTemplate, encode_record, pad_batch
 
 
 class PairedDataset(Dataset):
-    """Item i = the i-th primary example plus one random example of each companion set."""
+    """Item i = the i-th primary example, the i-th example of each aligned set, and one random example
+    of each companion set."""
 
     def __init__(self, primary_key: str, primary: Sequence[dict], companions: Mapping[str, Sequence[dict]],
-                 seed: int, rank: int) -> None:
+                 seed: int, rank: int, aligned: Mapping[str, Sequence[dict]] | None = None) -> None:
         self.primary_key = primary_key
         self.primary = primary
         self.companions = companions
+        self.aligned = dict(aligned or {})
+        for name, records in self.aligned.items():
+            if len(records) != len(primary):
+                raise ValueError(f"aligned set '{name}' has {len(records)} examples, '{primary_key}' {len(primary)}")
         self.seed = seed
         self.rank = rank
         self.epoch = 0
@@ -37,6 +43,7 @@ class PairedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         item = {self.primary_key: self.primary[i]}
+        item.update({name: records[i] for name, records in self.aligned.items()})
         for k, (name, records) in enumerate(self.companions.items()):
             item[name] = records[self.companion_index(k, len(records), i)]
         return item
@@ -45,13 +52,15 @@ class PairedDataset(Dataset):
 class UnlearningDataModule(L.LightningDataModule):
     """Tokenizes QA sets with the model's template (answer-only labels) and serves paired batches.
 
-    `sets` maps each batch key to its records; the first key is the primary set.
+    `sets` maps each batch key to its records; the first key is the primary set; `aligned_keys` name
+    the sets indexed like the primary set rather than sampled.
     """
 
     def __init__(self, sets: Mapping[str, Sequence[dict]], tokenizer, template: PromptTemplate,
-                 batch_size: int, max_length: int, seed: int) -> None:
+                 batch_size: int, max_length: int, seed: int, aligned_keys: Sequence[str] = ()) -> None:
         super().__init__()
         self.sets = dict(sets)
+        self.aligned_keys = tuple(aligned_keys)
         self.tokenizer = tokenizer
         self.template = template
         self.batch_size = batch_size
@@ -60,17 +69,19 @@ class UnlearningDataModule(L.LightningDataModule):
         self.train_set: PairedDataset | None = None
 
     def encode(self, records: Sequence[dict]) -> list[dict]:
-        return [encode_qa(self.tokenizer, self.template, r["question"], r["answer"], self.max_length)
-                for r in records]
+        return [encode_record(self.tokenizer, self.template, r, self.max_length) for r in records]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         encoded = {name: self.encode(records) for name, records in self.sets.items()}
-        primary_key, *companion_keys = encoded
+        primary_key, *others = encoded
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        self.train_set = PairedDataset(primary_key, encoded[primary_key],
-                                       {k: encoded[k] for k in companion_keys}, self.seed, rank)
+        self.train_set = PairedDataset(
+            primary_key, encoded[primary_key],
+            {k: encoded[k] for k in others if k not in self.aligned_keys}, self.seed, rank,
+            aligned={k: encoded[k] for k in others if k in self.aligned_keys},
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.train_set.epoch = epoch

@@ -1,8 +1,9 @@
 """The objective contract: one small module per unlearning method.
 
-An objective computes the forget term from the policy, a batch and (when it declares `needs_ref`) a
-frozen reference model. It never builds a model or a data loader: the `UnlearningModule` and the data
-module read its class-level declarations and provide those pieces.
+An objective computes the forget term from the policy, a batch and the frozen models it declares
+(`frozen_models`, passed to `forward` as keyword arguments by name: "ref" is the model before
+unlearning, "reinforced" the WHP reinforced model). It never builds a model or a data loader: the
+`UnlearningModule`, the pipeline and the data module read its declarations and provide those pieces.
 """
 
 from __future__ import annotations
@@ -21,17 +22,20 @@ def forward_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.T
 class Objective(nn.Module):
     """Base of every forget objective.
 
-    needs_ref: a frozen copy of the model before unlearning is passed as `ref`.
-    batch_keys: the named sub-batches the objective reads (the data module provides them).
+    frozen_models: the frozen models `forward` receives by keyword ("ref", "reinforced").
+    batch_keys: the named sub-batches the objective reads, primary (iterated) key first; the pipeline
+        provides "forget", "retain" and "alternate" (an alternate answer to each forget question).
+    trainable_params: a regex of the parameter names to train (None: all); `cfg.trainable_params` wins.
     gamma: the weight of this term in `gamma * forget + alpha * retain`.
     """
 
-    needs_ref: ClassVar[bool] = False
+    frozen_models: ClassVar[tuple[str, ...]] = ()
     batch_keys: ClassVar[tuple[str, ...]] = ("forget",)
+    trainable_params: str | None = None
 
     def __init__(self, gamma: float = 1.0) -> None:
         super().__init__()
         self.gamma = gamma
 
-    def forward(self, policy: nn.Module, batch: dict, ref: nn.Module | None = None) -> torch.Tensor:
+    def forward(self, policy: nn.Module, batch: dict, **frozen: nn.Module) -> torch.Tensor:
         raise NotImplementedError

@@ -20,6 +20,6 @@ def grad_ascent_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 class GradAscent(Objective):
-    def forward(self, policy, batch, ref=None):
+    def forward(self, policy, batch):
         forget = batch["forget"]
         return grad_ascent_loss(forward_logits(policy, forget), forget["labels"])

@@ -13,6 +13,6 @@ from unlearning.ops import mean_token_nll
 class LanguageModeling(Objective):
     batch_keys = ("train",)
 
-    def forward(self, policy, batch, ref=None):
+    def forward(self, policy, batch):
         train = batch["train"]
         return mean_token_nll(forward_logits(policy, train), train["labels"])

@@ -22,13 +22,13 @@ def npo_loss(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> 
 
 
 class NPO(Objective):
-    needs_ref = True
+    frozen_models = ("ref",)
 
     def __init__(self, beta: float = 0.1, gamma: float = 1.0) -> None:
         super().__init__(gamma)
         self.beta = beta
 
-    def forward(self, policy, batch, ref=None):
+    def forward(self, policy, batch, ref):
         forget = batch["forget"]
         policy_logp, _ = sequence_logprob(forward_logits(policy, forget), forget["labels"])
         with torch.no_grad():
