@@ -25,7 +25,7 @@ REQUIRED = {("model", "local"): [f"model.name_or_path={DATA_DIR}/models/stories2
 def instantiate_everything(cfg) -> dict:
     """Build every `_target_` node a run builds; the GPU trainer only where a GPU exists."""
     built = {"model": instantiate(cfg.model), "benchmark": instantiate(cfg.data.benchmark)}
-    for key in ("method", "retain", "optimizer", "logger"):
+    for key in ("method", "retain", "optimizer", "logger", "combiner"):
         built[key] = instantiate(cfg[key]) if cfg.get(key) else None
     if cfg.trainer.accelerator != "gpu" or torch.cuda.is_available():
         built["trainer"] = instantiate(cfg.trainer, logger=False)

@@ -1,6 +1,6 @@
 """The LightningModule every stage trains: policy + forget objective + optional retain regularizer.
 
-    loss = gamma * L_forget + alpha * L_retain
+    loss = gamma * L_forget + alpha * L_retain   (or another `combiner` of the two weighted terms)
 
 Each term is logged on its own. Frozen models exist only when the objective or the regularizer
 declares them: "ref" is copied from the policy here; others (e.g. "reinforced") come from the pipeline.
@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from unlearning.combiners import WeightedSum
 from unlearning.errors import ConfigError
 from unlearning.methods.base import Objective
 from unlearning.models import frozen_copy
@@ -44,8 +45,10 @@ class UnlearningModule(L.LightningModule):
         frozen: Mapping[str, nn.Module] | None = None,
         warmup_steps: int = 0,
         trainable_params: str | None = None,
+        combiner: Callable | None = None,
     ) -> None:
         super().__init__()
+        self.combiner = combiner or WeightedSum()
         self.policy = policy
         self.objective = objective
         self.retain = retain
@@ -72,12 +75,13 @@ class UnlearningModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         batch_size = batch[self.objective.batch_keys[0]]["input_ids"].size(0)
         forget = self._call(self.objective, batch)
-        loss = self.objective.gamma * forget
+        terms = {"forget": self.objective.gamma * forget}
         self.log("train/forget_loss", forget, batch_size=batch_size)
         if self.retain is not None:
             retain = self._call(self.retain, batch)
-            loss = loss + self.retain.alpha * retain
+            terms["retain"] = self.retain.alpha * retain
             self.log("train/retain_loss", retain, batch_size=batch_size)
+        loss = self.combiner(terms, [p for p in self.policy.parameters() if p.requires_grad])
         self.log("train/loss", loss, batch_size=batch_size, prog_bar=True)
         return loss
 

@@ -32,6 +32,7 @@ from unlearning.models import ModelSpec, PretrainedModel, ScratchLlama, frozen_c
 from unlearning.module import UnlearningModule
 from unlearning.results import format_table, write_json_atomic
 from unlearning.retain import RetainRegularizer
+from unlearning.selectors import DECISIONS_FILE, SelectionContext
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,25 @@ class Protocol:
             return self.spec.base_path()
         raise ConfigError(f"model._target_ builds a {type(self.spec).__name__}, which has no base model")
 
-    def sets(self, keys: Sequence[str]) -> dict[str, list[dict]]:
-        """The records behind each batch key an objective or regularizer declares."""
+    def forget_records(self, model=None, tokenizer=None) -> list[dict]:
+        """benchmark.forget; with `cfg.selector`, the training pairs (forget + retain) the selector flags,
+        judging with `model` (the target before unlearning); its decisions are saved in the run folder."""
+        if not self.cfg.get("selector"):
+            return self.benchmark.forget
+        return build(self.cfg.selector).select(self.benchmark.forget + self.benchmark.retain,
+                                               SelectionContext(model, tokenizer, self.spec.template),
+                                               self.run_dir / DECISIONS_FILE)
+
+    def sets(self, keys: Sequence[str], model=None, tokenizer=None) -> dict[str, list[dict]]:
+        """The records behind each batch key an objective or regularizer declares (`model`, `tokenizer`:
+        the target, for a selector that judges with it)."""
+        forget = self.forget_records(model, tokenizer)
+        # Selected pairs may come from the retain split: the retain term must not pull them back.
+        flagged = {(r["question"], r["answer"]) for r in forget} if self.cfg.get("selector") else set()
         providers = {
-            "forget": lambda: self.benchmark.forget,
-            "retain": lambda: self.benchmark.retain,
-            "alternate": lambda: alternate_answers(self.benchmark.forget, self.cfg.seed,
-                                                   self.cfg.data.get("alternates_path")),
+            "forget": lambda: forget,
+            "retain": lambda: [r for r in self.benchmark.retain if (r["question"], r["answer"]) not in flagged],
+            "alternate": lambda: alternate_answers(forget, self.cfg.seed, self.cfg.data.get("alternates_path")),
         }
         unknown = [key for key in keys if key not in providers]
         if unknown:
@@ -127,7 +140,8 @@ class Protocol:
         L.seed_everything(self.cfg.seed, workers=True, verbose=False)
         module = UnlearningModule(policy, objective, optimizer, retain, frozen=frozen,
                                   warmup_steps=self.cfg.warmup_steps,
-                                  trainable_params=self.cfg.get("trainable_params"))
+                                  trainable_params=self.cfg.get("trainable_params"),
+                                  combiner=build(self.cfg.combiner) if self.cfg.get("combiner") else None)
         datamodule = UnlearningDataModule(
             {key: sets[key] for key in module.batch_keys()}, tokenizer, self.spec.template,
             batch_size=batch_size, max_length=self.cfg.max_length, seed=self.cfg.seed,
@@ -166,9 +180,9 @@ class Protocol:
         objective = build(self.cfg.method)
         retain = build(self.cfg.retain) if self.cfg.get("retain") else None
         keys = objective.batch_keys + (retain.batch_keys if retain is not None else ())
-        sets = self.sets(tuple(dict.fromkeys(keys)))
-        frozen = self.frozen(objective.frozen_models, target)
         policy, tokenizer = self.spec.load(target)
+        sets = self.sets(tuple(dict.fromkeys(keys)), policy, tokenizer)
+        frozen = self.frozen(objective.frozen_models, target)
         self.train(policy, tokenizer, objective, retain, sets, build(self.cfg.optimizer),
                    self.cfg.data.batch_size, "unlearn", self.cfg.trainer.max_epochs,
                    self.cfg.trainer.get("max_steps", -1), frozen=frozen)
