@@ -69,8 +69,11 @@ class UnlearningModule(L.LightningModule):
         keys = self.objective.batch_keys + (self.retain.batch_keys if self.retain is not None else ())
         return tuple(dict.fromkeys(keys))
 
+    def _frozen_for(self, term: nn.Module) -> dict[str, nn.Module]:
+        return {name: self.frozen[name] for name in term.frozen_models}
+
     def _call(self, term: nn.Module, batch: dict) -> torch.Tensor:
-        return term(self.policy, batch, **{name: self.frozen[name] for name in term.frozen_models})
+        return term(self.policy, batch, **self._frozen_for(term))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         batch_size = batch[self.objective.batch_keys[0]]["input_ids"].size(0)
@@ -84,6 +87,9 @@ class UnlearningModule(L.LightningModule):
         loss = self.combiner(terms, [p for p in self.policy.parameters() if p.requires_grad])
         self.log("train/loss", loss, batch_size=batch_size, prog_bar=True)
         return loss
+
+    def on_fit_start(self) -> None:
+        self.objective.prepare(self.policy, **self._frozen_for(self.objective))
 
     def on_train_epoch_start(self) -> None:
         # Retain pairing depends on the epoch, so every epoch draws fresh retain samples.

@@ -37,5 +37,9 @@ class Objective(nn.Module):
         super().__init__()
         self.gamma = gamma
 
+    def prepare(self, policy: nn.Module, **frozen: nn.Module) -> None:
+        """Called once before the first step with the same models as `forward` (e.g. to edit weights
+        or precompute targets from the frozen models). Default: nothing."""
+
     def forward(self, policy: nn.Module, batch: dict, **frozen: nn.Module) -> torch.Tensor:
         raise NotImplementedError
