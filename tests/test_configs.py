@@ -18,6 +18,8 @@ GROUP_OPTIONS = sorted(
     (path.parent.relative_to(CONF).as_posix(), path.stem)
     for path in CONF.glob("*/**/*.yaml")
 )
+PRIMARY_GROUPS = {next(iter(entry)) for entry in OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml").defaults)
+                  if isinstance(entry, dict)}
 # Keys whose value a user must give; tests give a harmless one.
 REQUIRED = {("model", "local"): [f"model.name_or_path={DATA_DIR}/models/stories260K"]}
 
@@ -27,6 +29,7 @@ def instantiate_everything(cfg) -> dict:
     built = {"model": instantiate(cfg.model), "benchmark": instantiate(cfg.data.benchmark)}
     for key in ("method", "retain", "optimizer", "logger", "combiner"):
         built[key] = instantiate(cfg[key]) if cfg.get(key) else None
+    built["metric_groups"] = {name: instantiate(node) for name, node in cfg.eval.groups.items()}
     if cfg.trainer.accelerator != "gpu" or torch.cuda.is_available():
         built["trainer"] = instantiate(cfg.trainer, logger=False)
     return built
@@ -38,7 +41,9 @@ def uses_real_data(cfg) -> bool:
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}/{o}" for g, o in GROUP_OPTIONS])
 def test_every_option_composes_and_instantiates(group, option, tmp_path):
-    overrides = [f"{group}={option}", *REQUIRED.get((group, option), [])]
+    # A group the primary config does not select by default is added with Hydra's `+`.
+    choice = f"{group}={option}" if group in PRIMARY_GROUPS else f"+{group}={option}"
+    overrides = [choice, *REQUIRED.get((group, option), [])]
     if group == "data" and option == "tofu":
         overrides.append(f"data.path={DATA_DIR}/tofu")
     cfg = compose_config(overrides, run_dir=tmp_path)
@@ -53,7 +58,7 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
 
 def test_evaluate_config_composes(tmp_path):
     cfg = compose_config(["checkpoint=some/folder"], config_name="evaluate", run_dir=tmp_path)
-    assert cfg.checkpoint == "some/folder" and cfg.eval.tofu.batch_size > 0
+    assert cfg.checkpoint == "some/folder" and cfg.eval.groups.tofu.batch_size > 0
 
 
 def test_unknown_choice_lists_valid_options():

@@ -8,9 +8,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.conftest import PAIRS_FOR_STEP, compose_config
+from tests.conftest import PAIRS_FOR_STEP, compose_config, make_tiny_llama
 from unlearning.cli import CONFIG_DIR
+from unlearning.data.anchored_terms import anchor_records
 from unlearning.data.collate import PromptTemplate, encode_qa, pad_batch
+from unlearning.models import frozen_copy
 from unlearning.module import UnlearningModule
 
 METHODS = sorted(p.stem for p in (Path(CONFIG_DIR) / "method").glob("*.yaml"))
@@ -26,8 +28,15 @@ def one_step(method: str, retain: str, model, tokenizer, tmp_path) -> torch.Tens
     cfg = compose_config([f"method={method}", f"retain={retain}"], run_dir=tmp_path)
     objective = instantiate(cfg.method)
     regularizer = instantiate(cfg.retain) if cfg.get("retain") else None
-    module = UnlearningModule(model, objective, instantiate(cfg.optimizer, lr=1e-2), regularizer)
-    batch = {"forget": qa_batch(tokenizer, PAIRS_FOR_STEP[:2]), "retain": qa_batch(tokenizer, PAIRS_FOR_STEP[2:])}
+    # The reinforced model (WHP, task vectors) is another tiny Llama: any frozen model of the same shape.
+    reinforced = {"reinforced": frozen_copy(make_tiny_llama(tokenizer, seed=1))}
+    module = UnlearningModule(model, objective, instantiate(cfg.optimizer, lr=1e-2), regularizer,
+                              frozen=reinforced if "reinforced" in objective.frozen_models else None)
+    forget_records = [{"question": q, "answer": a} for q, a in PAIRS_FOR_STEP[:2]]
+    batch = {"forget": qa_batch(tokenizer, PAIRS_FOR_STEP[:2]), "retain": qa_batch(tokenizer, PAIRS_FOR_STEP[2:]),
+             "alternate": qa_batch(tokenizer, [(q, "I don't know.") for q, _ in PAIRS_FOR_STEP[:2]]),
+             "anchored": pad_batch(anchor_records(tokenizer, PromptTemplate(), forget_records,
+                                                  {"Paris": "Lyon", "town": "village"}, 64), tokenizer.pad_token_id)}
     optimizer = module.configure_optimizers()
     module.log = lambda *args, **kwargs: None  # no Trainer here: logging is the Trainer's job
     loss = module.training_step(batch, 0)

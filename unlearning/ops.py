@@ -17,17 +17,33 @@ def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
     return logits[:, :-1, :], labels[:, 1:]
 
 
+def next_token_targets(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The float logits predicting each next token [B, T-1, V], the targets [B, T-1] with ignored
+    positions replaced by 0, and the mask of labelled positions [B, T-1]."""
+    logits, targets = shift_for_next_token(logits, labels)
+    mask = targets != IGNORE_INDEX
+    # Gathering or one-hot encoding -100 would hit vocab id V-100: use 0 there and mask afterwards.
+    return logits.float(), targets.masked_fill(~mask, 0), mask
+
+
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of every labelled next token, and the mask of labelled positions.
 
     Returns (logp [B, T-1], mask [B, T-1]); logp is 0 where mask is False, so sums need no extra masking.
     """
-    logits, targets = shift_for_next_token(logits, labels)
-    mask = targets != IGNORE_INDEX
-    # Gathering with -100 would index vocab id V-100: replace ignored targets by 0 and mask afterwards.
-    safe_targets = targets.masked_fill(~mask, 0)
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
+    logits, targets, mask = next_token_targets(logits, labels)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return logp * mask, mask
+
+
+def without_targets(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Logits with each position's target token set to -inf: the distribution over all other tokens."""
+    return logits.scatter(-1, targets.unsqueeze(-1), float("-inf"))
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """Per position, CE(softmax(target_logits), softmax(logits)) = -sum_v q_v log p_v: [B, T]."""
+    return -(torch.softmax(target_logits, dim=-1) * torch.log_softmax(logits, dim=-1)).sum(-1)
 
 
 def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,6 +56,12 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `values` over the positions where `mask` is true (0 when nothing is masked in)."""
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_mse(values: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over masked-in positions of the mean squared difference along the feature (last) dimension;
+    `target` broadcasts (one vector for every position, or one per position)."""
+    return masked_mean((values.float() - target.float()).pow(2).mean(-1), mask)
 
 
 def mean_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

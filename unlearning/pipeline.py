@@ -22,10 +22,13 @@ from unlearning.config import build
 from omegaconf import DictConfig, OmegaConf
 
 from unlearning.data.alternates import alternate_answers
+from unlearning.data.anchored_terms import TEXT_FIELDS, anchor_records, load_dictionary, save_dictionary
 from unlearning.data.benchmark import QABenchmark
 from unlearning.data.datamodule import UnlearningDataModule
 from unlearning.errors import ConfigError
-from unlearning.evaluation.tofu import evaluate_tofu, forget_quality
+from unlearning.evaluation.base import Evaluation, MetricGroup
+from unlearning.evaluation.during_training import PeriodicEvaluation
+from unlearning.evaluation.tofu import TofuMetrics
 from unlearning.methods.base import Objective
 from unlearning.methods.language_modeling import LanguageModeling
 from unlearning.models import ModelSpec, PretrainedModel, ScratchLlama, frozen_copy
@@ -33,6 +36,7 @@ from unlearning.module import UnlearningModule
 from unlearning.results import format_table, write_json_atomic
 from unlearning.retain import RetainRegularizer
 from unlearning.selectors import DECISIONS_FILE, SelectionContext
+from unlearning.whp_terms import propose_terms
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +112,19 @@ class Protocol:
                                                SelectionContext(model, tokenizer, self.spec.template),
                                                self.run_dir / DECISIONS_FILE)
 
-    def sets(self, keys: Sequence[str], model=None, tokenizer=None) -> dict[str, list[dict]]:
+    def sets(self, keys: Sequence[str], model=None, tokenizer=None, frozen: Mapping | None = None) -> dict[str, list[dict]]:
         """The records behind each batch key an objective or regularizer declares (`model`, `tokenizer`:
-        the target, for a selector that judges with it)."""
+        the target, for a selector that judges with it; `frozen`: the stage's frozen models)."""
         forget = self.forget_records(model, tokenizer)
         # Selected pairs may come from the retain split: the retain term must not pull them back.
         flagged = {(r["question"], r["answer"]) for r in forget} if self.cfg.get("selector") else set()
         providers = {
             "forget": lambda: forget,
-            "retain": lambda: [r for r in self.benchmark.retain if (r["question"], r["answer"]) not in flagged],
+            "retain": lambda: [r for r in self.benchmark.retain
+                               if not flagged or (r["question"], r["answer"]) not in flagged],
             "alternate": lambda: alternate_answers(forget, self.cfg.seed, self.cfg.data.get("alternates_path")),
+            "anchored": lambda: anchor_records(tokenizer, self.spec.template, forget, self.anchored_terms(
+                forget, model, (frozen or {}).get("reinforced"), tokenizer), self.cfg.max_length),
         }
         unknown = [key for key in keys if key not in providers]
         if unknown:
@@ -128,14 +135,29 @@ class Protocol:
         """Frozen models besides "ref" (which the module copies from the policy): the reinforced model."""
         models = {}
         if "reinforced" in names:
-            reinforced = self.finetune("reinforced", self.benchmark.forget, start=target,
-                                       settings=self.cfg.reinforce)
-            models["reinforced"] = frozen_copy(self.spec.load(reinforced)[0])
+            models["reinforced"] = frozen_copy(self.spec.load(self.reinforced(target))[0])
         return models
+
+    def reinforced(self, target: Path) -> Path:
+        """The reinforced model (WHP, task vectors): the target further finetuned on the forget set."""
+        return self.finetune("reinforced", self.benchmark.forget, start=target, settings=self.cfg.reinforce)
+
+    def anchored_terms(self, forget: list[dict], baseline, reinforced, tokenizer) -> dict[str, str]:
+        """WHP's dictionary: `data.anchored_terms` (a file or shipped name), else proposed from the forget
+        records by unlearn-whp-terms' ranking (reinforced over baseline log-probs), saved in the run folder."""
+        if self.cfg.data.get("anchored_terms"):
+            return load_dictionary(self.cfg.data.anchored_terms)
+        if baseline is None or reinforced is None:
+            raise ConfigError("data.anchored_terms is not set and this stage has no baseline and reinforced "
+                              "model to propose a dictionary with")
+        texts = [" ".join(r[k] for k in TEXT_FIELDS if k in r) for r in forget]
+        terms = propose_terms(baseline, reinforced, tokenizer, texts, max_length=self.cfg.max_length)
+        save_dictionary(self.run_dir / "anchored_terms.yaml", terms, "Proposed from the forget set (no data.anchored_terms).")
+        return terms
 
     def train(self, policy, tokenizer, objective: Objective, retain: RetainRegularizer | None,
               sets: Mapping[str, Sequence[dict]], optimizer, batch_size: int, stage: str,
-              epochs: int, max_steps: int = -1, frozen: Mapping | None = None) -> None:
+              epochs: int, max_steps: int = -1, frozen: Mapping | None = None, callbacks: Sequence = ()) -> None:
         """One Lightning fit of `objective` (+ `retain`) on the named sets."""
         L.seed_everything(self.cfg.seed, workers=True, verbose=False)
         module = UnlearningModule(policy, objective, optimizer, retain, frozen=frozen,
@@ -148,7 +170,8 @@ class Protocol:
             aligned_keys=("alternate",),
         )
         logger = build(self.cfg.logger, name=stage) if self.cfg.get("logger") else False
-        trainer = build(self.cfg.trainer, max_epochs=epochs, max_steps=max_steps, logger=logger)
+        trainer = build(self.cfg.trainer, max_epochs=epochs, max_steps=max_steps, logger=logger,
+                        callbacks=list(callbacks))
         trainer.fit(module, datamodule=datamodule)
 
     def finetune(self, stage: str, records: list[dict], start: Path | None = None,
@@ -175,47 +198,65 @@ class Protocol:
 
         return self.cache.get_or_build(f"finetune_{stage}", parts, make)
 
-    def unlearn(self, target: Path):
-        """Unlearn the forget set from the target; the result is saved in the run folder."""
+    def unlearn(self, target: Path, reference_model: Path | None = None):
+        """Unlearn the forget set from the target; the result is saved in the run folder.
+        `reference_model` (the retain model) anchors forget quality when evaluating during training."""
         objective = build(self.cfg.method)
         retain = build(self.cfg.retain) if self.cfg.get("retain") else None
         keys = objective.batch_keys + (retain.batch_keys if retain is not None else ())
         policy, tokenizer = self.spec.load(target)
-        sets = self.sets(tuple(dict.fromkeys(keys)), policy, tokenizer)
         frozen = self.frozen(objective.frozen_models, target)
+        sets = self.sets(tuple(dict.fromkeys(keys)), policy, tokenizer, frozen)
         self.train(policy, tokenizer, objective, retain, sets, build(self.cfg.optimizer),
                    self.cfg.data.batch_size, "unlearn", self.cfg.trainer.max_epochs,
-                   self.cfg.trainer.get("max_steps", -1), frozen=frozen)
+                   self.cfg.trainer.get("max_steps", -1), frozen=frozen,
+                   callbacks=self.periodic_evaluation(tokenizer, reference_model))
         folder = self.run_dir / "unlearned"
         policy.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         return policy, tokenizer
 
-    def eval_sets(self) -> dict[str, list[dict]]:
-        limit = self.cfg.eval.max_examples
-        return {name: records[:limit] if limit else records for name, records in self.benchmark.eval_sets().items()}
+    def metric_groups(self) -> dict[str, MetricGroup]:
+        return {name: build(node) for name, node in self.cfg.eval.groups.items() if node}
 
-    def evaluate(self, policy, tokenizer) -> dict:
-        """TOFU metrics of one model: aggregates, per-example values, raw forget truth ratios."""
-        settings = self.cfg.eval.tofu
-        evaluation = evaluate_tofu(
-            policy, tokenizer, self.spec.template, self.eval_sets(), batch_size=settings.batch_size,
-            max_length=self.cfg.max_length, max_new_tokens=settings.max_new_tokens, progress=True,
-        )
-        return {"aggregates": evaluation.aggregates, "per_example": evaluation.per_example,
-                "forget_truth_ratios": evaluation.forget_truth_ratios.tolist()}
+    def evaluate(self, policy, tokenizer) -> dict[str, Evaluation]:
+        """Every configured metric group's evaluation of one model."""
+        return {name: group.evaluate(policy, tokenizer, self.spec.template, self.benchmark)
+                for name, group in self.metric_groups().items()}
 
-    def evaluate_cached(self, folder: Path) -> dict:
-        """Evaluate a cached stage's model once per evaluation setting: sweeps reuse the numbers."""
-        parts = {"eval": OmegaConf.to_container(self.cfg.eval, resolve=True), "sets": fingerprint(self.eval_sets()),
-                 "template": str(self.spec.template), "max_length": self.cfg.max_length}
-        cached = folder / f"eval-{fingerprint(parts)}.json"
-        if cached.exists():
-            return json.loads(cached.read_text())
-        policy, tokenizer = self.spec.load(folder)
-        result = self.evaluate(policy, tokenizer)
-        write_json_atomic(cached, result)
-        return result
+    def evaluate_cached(self, folder: Path) -> dict[str, Evaluation]:
+        """Evaluate a cached stage's model once per group setting: sweeps reuse the numbers."""
+        evaluations, missing = {}, {}
+        for name, node in self.cfg.eval.groups.items():
+            parts = {"group": OmegaConf.to_container(node, resolve=True), "data": fingerprint(self.benchmark.eval_sets()),
+                     "template": str(self.spec.template)}
+            cached = folder / f"eval-{name}-{fingerprint(parts)}.json"
+            if cached.exists():
+                evaluations[name] = Evaluation.from_json(json.loads(cached.read_text()))
+            else:
+                missing[name] = cached
+        if missing:
+            policy, tokenizer = self.spec.load(folder)
+            for name, cached in missing.items():
+                evaluations[name] = build(self.cfg.eval.groups[name]).evaluate(
+                    policy, tokenizer, self.spec.template, self.benchmark)
+                write_json_atomic(cached, evaluations[name].to_json())
+        return evaluations
+
+    def periodic_evaluation(self, tokenizer, reference_model: Path | None) -> list:
+        """The evaluation-during-training callback when `eval.during_training.every_n_steps` is set."""
+        settings = self.cfg.eval.during_training
+        if not settings.every_n_steps:
+            return []
+        cheap = TofuMetrics(batch_size=self.cfg.eval.groups.tofu.batch_size, max_length=self.cfg.max_length,
+                            max_examples=settings.max_examples, generate=False, progress=False)
+        reference = {}
+        if reference_model is not None:
+            reference["tofu"] = cheap.evaluate(self.spec.load(reference_model)[0], tokenizer, self.spec.template,
+                                               self.benchmark)
+        return [PeriodicEvaluation([cheap], self.benchmark, tokenizer, self.spec.template, settings.every_n_steps,
+                                   reference, settings.monitor, settings.mode, self.run_dir / "best",
+                                   self.run_dir / "eval_during_training.json")]
 
 
 def build_protocol(cfg: DictConfig) -> Protocol:
@@ -225,26 +266,39 @@ def build_protocol(cfg: DictConfig) -> Protocol:
                     cache=StageCache(cfg.paths.cache_dir), run_dir=run_dir)
 
 
-def report(protocol: Protocol, evaluations: dict[str, dict], reference: str | None, paths: dict) -> dict:
-    """Add forget quality against the `reference` model's forget truth ratios, write results.json and
-    per_example.json atomically, print the table; returns the aggregate metrics per model."""
-    models = {}
-    for name, evaluation in evaluations.items():
-        metrics = dict(evaluation["aggregates"])
-        if reference is not None:
-            metrics["forget_quality"] = forget_quality(
-                evaluation["forget_truth_ratios"], evaluations[reference]["forget_truth_ratios"])
-        models[name] = metrics
+def report(protocol: Protocol, evaluations: dict[str, dict[str, Evaluation]], reference: str | None,
+           paths: dict) -> dict:
+    """Merge every group's aggregates and its comparisons against the `reference` model, write
+    results.json and per_example.json atomically, print one table per group; returns metrics per model."""
+    models: dict[str, dict[str, float]] = {name: {} for name in evaluations}
+    groups = protocol.metric_groups()
+    for group_name, group in groups.items():
+        by_model = {name: evaluation[group_name] for name, evaluation in evaluations.items()}
+        for name, evaluation in by_model.items():
+            models[name].update(evaluation.aggregates)
+        for name, extra in group.compare(by_model, reference).items():
+            models[name].update(extra)
     run_dir = protocol.run_dir
-    write_json_atomic(run_dir / "per_example.json",
-                      {name: evaluation["per_example"] for name, evaluation in evaluations.items()})
+    write_json_atomic(run_dir / "per_example.json", {
+        name: {group: e.per_example for group, e in evaluation.items()} for name, evaluation in evaluations.items()})
     write_json_atomic(run_dir / "results.json", {
         "models": models,
         "paths": paths,
         "per_example": "per_example.json",
         "config": OmegaConf.to_container(protocol.cfg, resolve=True),
     })
+    shown = set(TABLE_COLUMNS)
     print(format_table(models, TABLE_COLUMNS))
+    for group_name in groups:
+        if group_name == "tofu":
+            continue
+        columns = sorted({key for evaluation in evaluations.values() for key in evaluation[group_name].aggregates
+                          if not key.endswith("_stderr")} - shown)
+        columns += [k for k in sorted({k for m in models.values() for k in m} - shown - set(columns))
+                    if k.startswith(group_name)]
+        if columns:
+            print(f"\n{group_name}")
+            print(format_table(models, columns))
     print(f"results: {run_dir / 'results.json'}")
     return models
 
@@ -259,7 +313,7 @@ def run_tofu(cfg: DictConfig) -> float:
     protocol = build_protocol(cfg)
     target = protocol.finetune("target", protocol.benchmark.full)
     retain_model = protocol.finetune("retain", protocol.benchmark.retain)
-    policy, tokenizer = protocol.unlearn(target)
+    policy, tokenizer = protocol.unlearn(target, reference_model=retain_model)
     evaluations = {
         "target": protocol.evaluate_cached(target),
         "retain": protocol.evaluate_cached(retain_model),

@@ -11,8 +11,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from unlearning.methods.base import forward_logits
-from unlearning.ops import kl_to_reference, mean_token_nll
+from unlearning.methods.base import decoder_layer_output, forward_logits
+from unlearning.ops import IGNORE_INDEX, kl_to_reference, masked_mse, mean_token_nll
 
 
 class RetainRegularizer(nn.Module):
@@ -47,3 +47,23 @@ class KLRetain(RetainRegularizer):
         with torch.no_grad():
             ref_logits = forward_logits(ref, retain)
         return kl_to_reference(forward_logits(policy, retain), ref_logits, retain["labels"])
+
+
+class ActivationRetain(RetainRegularizer):
+    """Keep the retain answers' hidden states where they were: MSE between the outputs of decoder layer
+    `layer` under the policy and under the frozen model before unlearning (RMU's retain term, WMDP,
+    arXiv 2403.03218). The MSE averages over hidden units, so its scale shrinks with the hidden size:
+    the paper's alpha = 1200 is for Zephyr-7B (4096 units), the default here suits the tiny model."""
+
+    frozen_models = ("ref",)
+
+    def __init__(self, alpha: float = 100.0, layer: int = 1) -> None:
+        super().__init__(alpha)
+        self.layer = layer
+
+    def forward(self, policy, batch, ref):
+        retain = batch["retain"]
+        with torch.no_grad():
+            frozen_hidden = decoder_layer_output(ref, retain, self.layer)
+        hidden = decoder_layer_output(policy, retain, self.layer)
+        return masked_mse(hidden, frozen_hidden, retain["labels"] != IGNORE_INDEX)

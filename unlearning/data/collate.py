@@ -58,7 +58,11 @@ def encode_text(tokenizer, template: PromptTemplate, text: str, max_length: int)
 
 
 def encode_record(tokenizer, template: PromptTemplate, record: dict, max_length: int) -> dict:
-    """A QA record (`question`, `answer`) or a text record (`text`), encoded for training."""
+    """A QA record (`question`, `answer`) or a text record (`text`), encoded for training; a record
+    that already holds `input_ids` (encoded by a method's data provider, e.g. WHP's anchored blocks)
+    passes through."""
+    if "input_ids" in record:
+        return record
     if "text" in record:
         return encode_text(tokenizer, template, record["text"], max_length)
     return encode_qa(tokenizer, template, record["question"], record["answer"], max_length)
@@ -68,7 +72,8 @@ def pad_batch(examples: Sequence[dict], pad_token_id: int, side: str = "right") 
     """Pad `input_ids` (and `labels` when present) to the longest example; adds `attention_mask`.
 
     Right padding for training and scoring; left padding for batched generation so that every prompt
-    ends at the last position.
+    ends at the last position. Extra fields ride along: a nested record (e.g. a translation) is padded
+    as a batch of its own, an extra per-token integer list (as long as `input_ids`) is padded with 0.
     """
     width = max(len(e["input_ids"]) for e in examples)
     batch: dict[str, list] = {"input_ids": [], "attention_mask": []}
@@ -88,4 +93,12 @@ def pad_batch(examples: Sequence[dict], pad_token_id: int, side: str = "right") 
             batch["attention_mask"].append([0] * n_pad + ones)
             if has_labels:
                 batch["labels"].append([IGNORE_INDEX] * n_pad + e["labels"])
-    return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+    padded = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+    for key in examples[0].keys() - padded.keys():
+        if isinstance(examples[0][key], dict):
+            padded[key] = pad_batch([e[key] for e in examples], pad_token_id, side)
+        else:
+            zeros = [[0] * (width - len(e[key])) for e in examples]
+            rows = [e[key] + z if side == "right" else z + e[key] for e, z in zip(examples, zeros)]
+            padded[key] = torch.tensor(rows, dtype=torch.long)
+    return padded

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,8 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from unlearning.data.collate import PromptTemplate, encode_prompt, encode_qa, pad_batch
-from unlearning.ops import sequence_logprob
+from unlearning.evaluation.base import Evaluation, MetricGroup
+from unlearning.ops import token_logprobs
 
 TOFU_SETS = ("forget", "retain", "real_authors", "world_facts")
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
@@ -81,18 +82,27 @@ def model_utility(values: Mapping[str, float]) -> float:
     return 0.0 if min(picked) <= 0.0 else float(stats.hmean(picked))
 
 
+def _rouge_l(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool) -> list:
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
+    return [scorer.score(target=ref, prediction=pred)["rougeL"]
+            for pred, ref in zip(predictions, references, strict=True)]
+
+
 def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """Per-example ROUGE-L recall (LCS / |reference|, stemmed): the share of the answer reproduced."""
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return np.array([scorer.score(target=ref, prediction=pred)["rougeL"].recall
-                     for pred, ref in zip(predictions, references, strict=True)])
+    return np.array([score.recall for score in _rouge_l(predictions, references, use_stemmer=True)])
+
+
+def rouge_l_f1(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """Per-example ROUGE-L F1 (harmonic mean of LCS recall and precision), unstemmed as MUSE scores."""
+    return np.array([score.fmeasure for score in _rouge_l(predictions, references, use_stemmer=False)])
 
 
 # --------------------------------------------------------------------------------------------- model
 
 
 @contextmanager
-def _eval_mode(model):
+def eval_mode(model):
     """Disable dropout while measuring, then give the caller back the model in the mode it had."""
     was_training = model.training
     model.eval()
@@ -117,22 +127,33 @@ def _n_batches(n: int, batch_size: int) -> int:
 
 
 @torch.no_grad()
-def score_answers(model, tokenizer, template: PromptTemplate, pairs: Sequence[tuple[str, str]],
-                  batch_size: int = 32, max_length: int = 512,
-                  progress_bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sum of answer-token log-probs and number of answer tokens of each (question, answer), in order."""
-    encoded = [encode_qa(tokenizer, template, q, a, max_length) for q, a in pairs]
-    logp, counts = np.zeros(len(encoded)), np.zeros(len(encoded), dtype=np.int64)
-    with _eval_mode(model):
+def score_tokens(model, tokenizer, encoded: Sequence[dict], batch_size: int = 32,
+                 progress_bar: tqdm | None = None, token_values: Callable = token_logprobs) -> list[np.ndarray]:
+    """The log-prob of every labelled token of each encoded record (`input_ids`, `labels`), in order;
+    or, per labelled token, whatever `token_values(logits, labels) -> (values [B, T-1, ...], mask)` gives."""
+    scores: list[np.ndarray] = [np.zeros(0)] * len(encoded)
+    with eval_mode(model):
         for idx in _batches([len(e["input_ids"]) for e in encoded], batch_size):
             batch = pad_batch([encoded[i] for i in idx], _pad_id(tokenizer))
             batch = {k: v.to(model.device) for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            use_cache=False).logits
-            sums, n = sequence_logprob(logits, batch["labels"])
-            logp[idx], counts[idx] = sums.cpu().numpy(), n.cpu().numpy()
+            values, mask = token_values(logits, batch["labels"])
+            for row, i in enumerate(idx):
+                scores[i] = values[row][mask[row]].double().cpu().numpy()
             if progress_bar is not None:
                 progress_bar.update()
+    return scores
+
+
+def score_answers(model, tokenizer, template: PromptTemplate, pairs: Sequence[tuple[str, str]],
+                  batch_size: int = 32, max_length: int = 512,
+                  progress_bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of answer-token log-probs and number of answer tokens of each (question, answer), in order."""
+    encoded = [encode_qa(tokenizer, template, q, a, max_length) for q, a in pairs]
+    scores = score_tokens(model, tokenizer, encoded, batch_size, progress_bar)
+    logp = np.array([s.sum() for s in scores])
+    counts = np.array([len(s) for s in scores], dtype=np.int64)
     if (counts == 0).any():  # a 0/0 here would silently become NaN in every metric downstream
         question, answer = pairs[int(np.argmax(counts == 0))]
         raise ValueError(f"answer {answer!r} to {question!r} has no token within max_length={max_length}")
@@ -146,7 +167,7 @@ def generate_answers(model, tokenizer, template: PromptTemplate, questions: Sequ
     """Greedy answers to `questions`, batched with left padding so every prompt ends at the last slot."""
     prompts = [{"input_ids": encode_prompt(tokenizer, template, q)} for q in questions]
     answers = [""] * len(prompts)
-    with _eval_mode(model):
+    with eval_mode(model):
         for idx in _batches([len(p["input_ids"]) for p in prompts], batch_size):
             batch = pad_batch([prompts[i] for i in idx], _pad_id(tokenizer), side="left")
             batch = {k: v.to(model.device) for k, v in batch.items()}
@@ -199,15 +220,18 @@ def _prob_and_truth_ratio(name: str, logp: np.ndarray, counts: np.ndarray,
 
 def evaluate_tofu(model, tokenizer, template: PromptTemplate, eval_sets: Mapping[str, list[dict]],
                   batch_size: int = 32, max_length: int = 512, max_new_tokens: int = 200,
-                  progress: bool = False) -> TofuEvaluation:
-    """Probability, ROUGE-L recall and truth ratio on each present TOFU set, and model utility."""
+                  progress: bool = False, generate: bool = True) -> TofuEvaluation:
+    """Probability, ROUGE-L recall and truth ratio on each present TOFU set, and model utility.
+
+    `generate=False` skips generation (no ROUGE, no model utility): forward passes only, the cheap
+    subset evaluated during training."""
     unknown = set(eval_sets) - set(TOFU_SETS)
     if unknown:
         raise ValueError(f"unknown TOFU eval sets {sorted(unknown)}; expected a subset of {TOFU_SETS}")
     sets = {name: eval_sets[name] for name in TOFU_SETS if eval_sets.get(name)}
     flat = {name: _flatten(records) for name, records in sets.items()}
     # one bar over every forward and generate call: scoring batches plus generation batches per set
-    total = sum(_n_batches(len(flat[n][0]), batch_size) + _n_batches(len(r), batch_size)
+    total = sum(_n_batches(len(flat[n][0]), batch_size) + generate * _n_batches(len(r), batch_size)
                 for n, r in sets.items())
     aggregates, per_example, forget_ratios = {}, {}, np.zeros(0)
     with tqdm(total=total, disable=not progress, desc="TOFU eval") as bar:
@@ -215,16 +239,53 @@ def evaluate_tofu(model, tokenizer, template: PromptTemplate, eval_sets: Mapping
             pairs, layout = flat[name]
             logp, counts = score_answers(model, tokenizer, template, pairs, batch_size, max_length, bar)
             prob, ratios = _prob_and_truth_ratio(name, logp, counts, layout)
-            generations = generate_answers(model, tokenizer, template, [r["question"] for r in records],
-                                           max_new_tokens, batch_size, bar)
-            rouge = rouge_l_recall(generations, [r["answer"] for r in records])
             score = forget_truth_score if name == "forget" else utility_truth_score
-            aggregates.update({f"{name}_prob": float(prob.mean()), f"{name}_rouge": float(rouge.mean()),
-                               f"{name}_truth_ratio": score(ratios)})
-            per_example[name] = {"prob": prob.tolist(), "rouge": rouge.tolist(),
-                                 "truth_ratio": ratios.tolist(), "generation": generations}
+            aggregates.update({f"{name}_prob": float(prob.mean()), f"{name}_truth_ratio": score(ratios)})
+            per_example[name] = {"prob": prob.tolist(), "truth_ratio": ratios.tolist()}
+            if generate:
+                generations = generate_answers(model, tokenizer, template, [r["question"] for r in records],
+                                               max_new_tokens, batch_size, bar)
+                rouge = rouge_l_recall(generations, [r["answer"] for r in records])
+                aggregates[f"{name}_rouge"] = float(rouge.mean())
+                per_example[name].update(rouge=rouge.tolist(), generation=generations)
             if name == "forget":
                 forget_ratios = ratios
-    if all(name in sets for name in UTILITY_SETS):
+    if generate and all(name in sets for name in UTILITY_SETS):
         aggregates["model_utility"] = model_utility(aggregates)
     return TofuEvaluation(aggregates, per_example, forget_ratios)
+
+
+class TofuMetrics(MetricGroup):
+    """The TOFU metrics as a metric group; forget quality comes from `compare` against the retain model.
+
+    max_examples: evaluate only the first N records of each set; generate=False: forward passes only
+    (probability and truth ratio), the cheap subset used during training.
+    """
+
+    name = "tofu"
+
+    def __init__(self, batch_size: int = 32, max_new_tokens: int = 200, max_length: int = 512,
+                 max_examples: int | None = None, generate: bool = True, progress: bool = True) -> None:
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.max_length = max_length
+        self.max_examples = max_examples
+        self.generate = generate
+        self.progress = progress
+
+    def eval_sets(self, benchmark) -> dict[str, list[dict]]:
+        return {name: records[: self.max_examples] if self.max_examples else records
+                for name, records in benchmark.eval_sets().items()}
+
+    def evaluate(self, model, tokenizer, template, benchmark) -> Evaluation:
+        result = evaluate_tofu(model, tokenizer, template, self.eval_sets(benchmark), self.batch_size,
+                               self.max_length, self.max_new_tokens, self.progress, self.generate)
+        return Evaluation(result.aggregates, result.per_example,
+                          {"forget_truth_ratio": result.forget_truth_ratios.tolist()})
+
+    def compare(self, evaluations, reference):
+        if reference is None:
+            return {}
+        ratios = evaluations[reference].raw["forget_truth_ratio"]
+        return {name: {"forget_quality": forget_quality(e.raw["forget_truth_ratio"], ratios)}
+                for name, e in evaluations.items()}

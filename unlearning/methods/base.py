@@ -8,15 +8,38 @@ unlearning, "reinforced" the WHP reinforced model). It never builds a model or a
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from unlearning.errors import ConfigError
+
 
 def forward_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Logits of a causal LM on a padded batch (`input_ids`, `attention_mask`)."""
     return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+
+
+def decoder_layer_output(model: nn.Module, inputs: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
+    """The residual stream [B, T, H] leaving decoder layer `layer` (0-based, a module named `*.layers.<i>`).
+
+    Read with a forward hook: `output_hidden_states` would do for inner layers, but transformers
+    replaces the last layer's entry with the final-norm output, which is not that layer's output.
+    """
+    name = re.compile(rf"(^|\.)layers\.{layer}$")
+    block = next((module for path, module in model.named_modules() if name.search(path)), None)
+    if block is None:
+        raise ConfigError(f"layer={layer}: the model has no decoder layer named '*.layers.{layer}'")
+    captured = []
+    handle = block.register_forward_hook(
+        lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output))
+    try:
+        forward_logits(model, inputs)
+    finally:
+        handle.remove()
+    return captured[0]
 
 
 class Objective(nn.Module):

@@ -1,0 +1,74 @@
+"""Evaluation during training: a cheap metric subset every N steps, logged as curves.
+
+Every rank runs the same evaluation on the same examples: under DeepSpeed ZeRO-3 a forward pass needs
+every rank's shard, so evaluating on rank 0 alone would hang; the numbers are identical on all ranks
+and rank 0 logs them. With `monitor` set, the best model so far is saved (rank 0) to `best_dir`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+
+from unlearning.evaluation.base import Evaluation, MetricGroup
+from unlearning.results import write_json_atomic
+
+
+class PeriodicEvaluation(L.Callback):
+    def __init__(self, groups: Sequence[MetricGroup], benchmark, tokenizer, template, every_n_steps: int,
+                 reference: dict[str, Evaluation] | None = None, monitor: str | None = None,
+                 mode: str = "max", best_dir: str | Path | None = None, history_file: str | Path | None = None):
+        if mode not in ("max", "min"):
+            raise ValueError(f"eval.during_training.mode={mode!r}: use max or min")
+        self.groups = list(groups)
+        self.benchmark = benchmark
+        self.tokenizer = tokenizer
+        self.template = template
+        self.every_n_steps = every_n_steps
+        self.reference = reference or {}
+        self.monitor = monitor
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.best_dir = Path(best_dir) if best_dir else None
+        self.history_file = Path(history_file) if history_file else None
+        self.history: list[dict] = []
+        self.best: float | None = None
+
+    def measure(self, policy) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for group in self.groups:
+            evaluation = group.evaluate(policy, self.tokenizer, self.template, self.benchmark)
+            metrics.update(evaluation.aggregates)
+            if group.name in self.reference:
+                pair = {"model": evaluation, "reference": self.reference[group.name]}
+                metrics.update(group.compare(pair, "reference").get("model", {}))
+        return metrics
+
+    def record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        metrics = self.measure(pl_module.policy)
+        self.history.append({"step": step, **metrics})
+        if not trainer.is_global_zero:
+            return
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        if self.history_file is not None:
+            write_json_atomic(self.history_file, self.history)
+        value = metrics.get(self.monitor) if self.monitor else None
+        if value is not None and self.best_dir is not None and (self.best is None or self.sign * (value - self.best) > 0):
+            self.best = value
+            pl_module.policy.save_pretrained(self.best_dir)
+            self.tokenizer.save_pretrained(self.best_dir)
+            write_json_atomic(self.best_dir / "best.json", {"step": step, self.monitor: value})
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.record(trainer, pl_module)  # step 0: the curve starts at the model before unlearning
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self.record(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self.history or self.history[-1]["step"] != trainer.global_step:
+            self.record(trainer, pl_module)

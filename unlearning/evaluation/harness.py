@@ -1,0 +1,189 @@
+"""Utility and forgetting through EleutherAI's lm-evaluation-harness (`lm_eval` 0.4.13).
+
+The in-memory model is wrapped in the harness's `HFLM` and scored by `simple_evaluate` on the
+harness's own task definitions: prompts, choices and metrics stay the harness's; only where the data
+comes from may change (local files in each task's own field names, for machines without the hub).
+The TOFU-style tasks shipped in `unlearning/evaluation/tasks/` (also usable from the harness CLI with
+`--include_path`) score forgetting the same way, on the run's own benchmark when `benchmark_tasks`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from lm_eval import simple_evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+from lm_eval.tasks._yaml_loader import load_yaml
+
+from unlearning.data.collate import PromptTemplate
+from unlearning.errors import ConfigError
+from unlearning.evaluation.base import Evaluation, MetricGroup
+from unlearning.evaluation.tofu import eval_mode
+
+log = logging.getLogger(__name__)
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+DEFAULT_TASKS = ("winogrande", "hellaswag", "arc_easy", "arc_challenge", "boolq", "piqa")
+# The samples in ../shared/data/lm_eval and ../shared/data/wmdp; wmdp_bio, openbookqa and mmlu have none.
+LOCAL_FILES = {
+    "piqa": "piqa_validation_500.jsonl",
+    "boolq": "boolq_validation_500.jsonl",
+    "hellaswag": "hellaswag_validation_500.jsonl",
+    "winogrande": "winogrande_xl_validation_500.jsonl",
+    "arc_easy": "arc_easy_test_500.jsonl",
+    "arc_challenge": "arc_challenge_test_500.jsonl",
+}
+WMDP_FILES = {"wmdp_cyber": "wmdp_cyber_test_200.jsonl", "wmdp_chem": "wmdp_chem_test_200.jsonl"}
+# Our task -> the QABenchmark.eval_sets() set it scores, with the fields the task reads.
+BENCHMARK_TASKS = {
+    "tofu_forget_mc": "forget",
+    "tofu_forget_loglik": "forget",
+    "tofu_retain_mc": "retain",
+    "synthetic_world_facts_mc": "world_facts",
+}
+BENCHMARK_FIELDS = ("question", "answer", "perturbed_answer")
+
+
+@functools.cache
+def task_manager(include_defaults: bool = True) -> TaskManager:
+    """Our task index, plus the harness's own when `include_defaults`: building that one reads every
+    harness YAML (~15-25 s), so it happens once per process and only when a harness task is asked for."""
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults)
+
+
+def registered_config(task: str, include_defaults: bool = True) -> dict[str, Any]:
+    """The task's config as the harness registered it: includes merged, `!function`s resolved."""
+    entry = task_manager(include_defaults).task_index.get(task)
+    if entry is None or entry.yaml_path is None:
+        raise ConfigError(f"lm_eval.tasks: {task!r} is not a task the harness (or {TASKS_DIR}) defines in YAML")
+    return load_yaml(entry.yaml_path, resolve_func=True)
+
+
+def with_data_file(config: Mapping[str, Any], data_file: Path, **dataset_kwargs: Any) -> dict[str, Any]:
+    """`config` reading its evaluated split (test if it has one, else validation) from a local JSONL file.
+
+    Only the data source changes; every other split is dropped (few-shot examples then come from the
+    evaluated split, the harness's own fallback, minus the document being asked).
+    """
+    if not data_file.is_file():
+        raise ConfigError(f"lm_eval: task {config['task']} reads {data_file}, which does not exist")
+    split_key = "test_split" if config.get("test_split") else "validation_split"
+    split = config[split_key]
+    return {**config, "dataset_path": "json", "dataset_name": None,
+            "dataset_kwargs": {"data_files": {split: str(data_file)}, **dataset_kwargs},
+            "training_split": None, "validation_split": None, "test_split": None, "fewshot_split": None,
+            split_key: split}
+
+
+def template_prompt(template: PromptTemplate, tokenizer, output_type: str) -> dict[str, str]:
+    """Our tasks ask in the model's own prompt format, the one it was finetuned on. BOS goes in as
+    text: HFLM only asks the tokenizer for special tokens, and many tokenizers add no BOS themselves."""
+    bos = tokenizer.bos_token if template.add_bos and tokenizer.bos_token else ""
+    prompt = {"doc_to_text": bos + template.prompt.format(question="{{question}}")}
+    delimiter = template.answer.partition("{answer}")[0]
+    # the harness puts target_delimiter before multiple-choice options only; a loglikelihood target is scored as is
+    if output_type == "loglikelihood":
+        return {**prompt, "doc_to_target": delimiter + "{{answer}}"}
+    return {**prompt, "target_delimiter": delimiter}
+
+
+def write_benchmark_sets(benchmark, folder: Path) -> dict[str, Path]:
+    """The eval sets our tasks read, as JSONL in `folder` (same benchmark, same bytes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    eval_sets, files = benchmark.eval_sets(), {}
+    for name in sorted(set(BENCHMARK_TASKS.values())):
+        files[name] = folder / f"{name}.jsonl"
+        rows = [json.dumps({key: record[key] for key in BENCHMARK_FIELDS}, sort_keys=True)
+                for record in eval_sets[name]]
+        files[name].write_text("".join(row + "\n" for row in rows))
+    return files
+
+
+def flat_aggregates(results: Mapping[str, Any]) -> dict[str, float]:
+    """`lm_eval_<task>_<metric>` for every number the harness reports per task and group (a group such
+    as mmlu also reports its subtasks): `acc`, `acc_stderr`, `acc_norm`, ...; a filter other than the
+    default `none` is appended to the metric."""
+    aggregates = {}
+    for task, scores in results["results"].items():
+        for key, value in scores.items():
+            metric, _, filter_name = key.partition(",")
+            if filter_name and isinstance(value, (int, float)):
+                suffix = metric if filter_name == "none" else f"{metric}_{filter_name}"
+                aggregates[f"lm_eval_{task}_{suffix}"] = float(value)
+    return aggregates
+
+
+class HarnessMetrics(MetricGroup):
+    """lm-evaluation-harness scores of one model (conf/lm_eval/).
+
+    tasks: harness task or group names (default: the six common-sense / QA utility tasks; openbookqa,
+    mmlu, wmdp_bio, wmdp_cyber, wmdp_chem are other usual picks). num_fewshot / limit / batch_size /
+    bootstrap_iters go to the harness (limit: the first N documents per task; bootstrap_iters: the
+    resamples behind non-mean stderrs such as perplexity's).
+    local_data_dir / wmdp_data_dir: folders holding `local_files` / `wmdp_files` (task -> file name);
+    a listed task reads its file instead of the hub, every other task loads from the hub as usual.
+    benchmark_tasks: also run our TOFU-style tasks (BENCHMARK_TASKS) on the run's benchmark, in the
+    model's prompt template, written as JSONL to `benchmark_dir` (null: a temporary folder).
+    """
+
+    name = "lm_eval"
+
+    def __init__(self, tasks: Sequence[str] = DEFAULT_TASKS, num_fewshot: int | None = None,
+                 limit: int | float | None = None, batch_size: int = 32, bootstrap_iters: int = 1000,
+                 local_data_dir: str | None = None, local_files: Mapping[str, str] = LOCAL_FILES,
+                 wmdp_data_dir: str | None = None, wmdp_files: Mapping[str, str] = WMDP_FILES,
+                 benchmark_tasks: bool = True, benchmark_dir: str | None = None) -> None:
+        self.tasks = list(tasks)
+        self.num_fewshot, self.limit, self.batch_size = num_fewshot, limit, batch_size
+        self.bootstrap_iters = bootstrap_iters
+        self.data_files = {
+            task: Path(folder).expanduser() / file
+            for folder, files in ((local_data_dir, local_files), (wmdp_data_dir, wmdp_files)) if folder
+            for task, file in files.items()
+        }
+        self.benchmark_tasks, self.benchmark_dir = benchmark_tasks, benchmark_dir
+        if not self.tasks and not benchmark_tasks:
+            raise ConfigError("lm_eval.tasks is empty and lm_eval.benchmark_tasks is false: nothing to evaluate")
+
+    def task_specs(self, benchmark_files: Mapping[str, Path], template: PromptTemplate, tokenizer) -> list:
+        """What `simple_evaluate` gets per task: a name (hub data) or a config dict (local data)."""
+        specs: list = []
+        for task in self.tasks:
+            if task in self.data_files:
+                specs.append(with_data_file(registered_config(task), self.data_files[task]))
+            else:
+                if self.data_files:
+                    log.warning("lm_eval: no local file for task %s, loading it from the hub", task)
+                specs.append(task)
+        for task, eval_set in BENCHMARK_TASKS.items() if benchmark_files else ():
+            folder = benchmark_files[eval_set].parent
+            # the datasets cache of these files lives beside them, not in ~/.cache for every temp folder
+            config = with_data_file(registered_config(task, bool(self.tasks)), benchmark_files[eval_set],
+                                    cache_dir=str(folder / "datasets_cache"))
+            specs.append({**config, **template_prompt(template, tokenizer, config["output_type"])})
+        return specs
+
+    def evaluate(self, model, tokenizer, template, benchmark) -> Evaluation:
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(self.benchmark_dir).expanduser() if self.benchmark_dir else Path(scratch)
+            files = write_benchmark_sets(benchmark, folder) if self.benchmark_tasks else {}
+            specs = self.task_specs(files, template, tokenizer)
+            with eval_mode(model):
+                results = simple_evaluate(
+                    model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size),
+                    tasks=specs, num_fewshot=self.num_fewshot, limit=self.limit,
+                    bootstrap_iters=self.bootstrap_iters, task_manager=task_manager(bool(self.tasks)),
+                    log_samples=False,
+                    # loglikelihood tasks draw nothing at random: leave the caller's RNG streams alone
+                    random_seed=None, numpy_random_seed=None, torch_random_seed=None,
+                )
+        sources = {name: str(self.data_files.get(name, "hub")) for name in self.tasks}
+        sources.update({task: f"benchmark:{eval_set}" for task, eval_set in BENCHMARK_TASKS.items() if files})
+        return Evaluation(aggregates=flat_aggregates(results),
+                          per_example={"n_samples": results["n-samples"], "data_source": sources})
