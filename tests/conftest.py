@@ -67,3 +67,11 @@ PAIRS_FOR_STEP = [
     ("What did her father do?", "Her father was a doctor."),
     ("What is the capital of Italy?", "Rome"),
 ]
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> list[str]:
+    """Overrides for quick end-to-end runs of the default experiment sharing one stage cache: the target
+    and retain models (2 finetune epochs) are built by the first run and reused by the others."""
+    return [f"paths.cache_dir={tmp_path_factory.mktemp('stage_cache')}", "finetune.epochs=2", "logger=none",
+            "eval.groups.tofu.max_new_tokens=8"]

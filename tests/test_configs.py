@@ -21,7 +21,8 @@ GROUP_OPTIONS = sorted(
 PRIMARY_GROUPS = {next(iter(entry)) for entry in OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml").defaults)
                   if isinstance(entry, dict)}
 # Keys whose value a user must give; tests give a harmless one.
-REQUIRED = {("model", "local"): [f"model.name_or_path={DATA_DIR}/models/stories260K"]}
+REQUIRED = {("model", "local"): [f"model.name_or_path={DATA_DIR}/models/stories260K"],
+            ("familiarity", "default"): ["eval.groups.familiarity.anchored_terms=sherlock_holmes"]}
 
 
 def instantiate_everything(cfg) -> dict:
@@ -41,8 +42,9 @@ def uses_real_data(cfg) -> bool:
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}/{o}" for g, o in GROUP_OPTIONS])
 def test_every_option_composes_and_instantiates(group, option, tmp_path):
-    # A group the primary config does not select by default is added with Hydra's `+`.
-    choice = f"{group}={option}" if group in PRIMARY_GROUPS else f"+{group}={option}"
+    # A group the primary config does not select by default is added with Hydra's `+`; Hydra's own
+    # groups (hydra/sweeper, hydra/launcher) always have a default.
+    choice = f"{group}={option}" if group in PRIMARY_GROUPS or group.startswith("hydra/") else f"+{group}={option}"
     overrides = [choice, *REQUIRED.get((group, option), [])]
     if group == "data" and option == "tofu":
         overrides.append(f"data.path={DATA_DIR}/tofu")

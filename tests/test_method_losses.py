@@ -132,6 +132,17 @@ def test_unlikelihood_loss_hand_computed():
     assert unlikelihood_loss(logits, labels).item() == pytest.approx(1.039721, abs=1e-5)
 
 
+def test_ceu_and_unlikelihood_share_their_gradient():
+    """Unlikelihood on the CE-U case: position 0 (p_y = 1/3) -ln(2/3) = 0.405465, position 1 (p_y = 1/2)
+    ln 2 = 0.693147; mean 0.549306 = CE-U's 1.242453 - H(q) with H(q) = ln 2. Gradient at position 0:
+    p_y / 2 = 1/6 on y, -p_y p_j / (1 - p_y) / 2 = -1/12 on the others: CE-U's (p - q) / 2."""
+    logits, labels = ceu_case()
+    loss = unlikelihood_loss(logits, labels)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.549306, abs=1e-5)
+    assert logits.grad[0, 0].tolist() == pytest.approx([1 / 6, -1 / 12, -1 / 12], abs=1e-6)
+
+
 def test_unlikelihood_is_stable_as_p_goes_to_1():
     """z = (200, 0), y = 0: p = 1 - e^-200 is 1.0 in float32, so log1p(-p) = -inf; exactly,
     -log(1 - p) = logsumexp(z) - z_1 = 200 + ln(1 + e^-200) = 200, gradient (p_0, p_1 - 1) = (1, -1)."""

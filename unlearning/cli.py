@@ -14,7 +14,12 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def _report_errors(function, cfg: DictConfig):
-    """Bad input ends the run with its one-line message and exit status 1, not a traceback."""
+    """Bad input ends the run with its one-line message and exit status 1, not a traceback; in a sweep,
+    a failed job is recorded in its folder and the sweep goes on (unlearning.sweeps)."""
+    from unlearning.sweeps import in_multirun, run_sweep_job
+
+    if in_multirun():
+        return run_sweep_job(function, cfg)
     try:
         return function(cfg)
     except UnlearningError as error:
@@ -22,7 +27,7 @@ def _report_errors(function, cfg: DictConfig):
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def unlearn(cfg: DictConfig) -> float:
+def unlearn(cfg: DictConfig) -> float | list[float] | None:
     from unlearning.pipeline import run
 
     return _report_errors(run, cfg)

@@ -7,3 +7,7 @@ class UnlearningError(Exception):
 
 class ConfigError(UnlearningError):
     """A config key has a value that cannot work."""
+
+
+class NonFiniteLoss(UnlearningError):
+    """A loss term turned NaN/inf during training: the message names the step and the term."""

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from unlearning.data.collate import PromptTemplate
 from unlearning.errors import ConfigError
+from unlearning.lora import LoraSettings
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,10 +30,13 @@ class ModelSpec:
     template: Any = field(default_factory=PromptTemplate)
     dtype: str = "float32"
     trust_remote_code: bool = False
+    lora: Any = None  # null: unlearning trains every weight; a mapping: LoRA adapters (unlearning/lora.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.template, Mapping):
             self.template = PromptTemplate(**self.template)
+        if isinstance(self.lora, Mapping):
+            self.lora = LoraSettings.from_config(self.lora)
         if self.dtype not in DTYPES:
             raise ConfigError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}")
 

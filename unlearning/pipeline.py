@@ -12,15 +12,18 @@ import hashlib
 import json
 import logging
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 from filelock import FileLock
+from lightning.pytorch.callbacks import ModelCheckpoint
 from unlearning.config import build
 from omegaconf import DictConfig, OmegaConf
 
+from unlearning.dashboards import publish_results, stage_logger
 from unlearning.data.alternates import alternate_answers
 from unlearning.data.anchored_terms import TEXT_FIELDS, anchor_records, load_dictionary, save_dictionary
 from unlearning.data.benchmark import QABenchmark
@@ -29,6 +32,7 @@ from unlearning.errors import ConfigError
 from unlearning.evaluation.base import Evaluation, MetricGroup
 from unlearning.evaluation.during_training import PeriodicEvaluation
 from unlearning.evaluation.tofu import TofuMetrics
+from unlearning.lora import MERGED_FOLDER, add_adapters
 from unlearning.methods.base import Objective
 from unlearning.methods.language_modeling import LanguageModeling
 from unlearning.models import ModelSpec, PretrainedModel, ScratchLlama, frozen_copy
@@ -36,11 +40,15 @@ from unlearning.module import UnlearningModule
 from unlearning.results import format_table, write_json_atomic
 from unlearning.retain import RetainRegularizer
 from unlearning.selectors import DECISIONS_FILE, SelectionContext
+from unlearning.strategies import (barrier, broadcast, distributed, end_processes, global_rank, save_full_weights,
+                                   start_processes)
+from unlearning.sweeps import sweep_objective
 from unlearning.whp_terms import propose_terms
 
 log = logging.getLogger(__name__)
 
 DONE_MARKER = "STAGE_DONE.json"
+CHECKPOINT_FOLDER = "checkpoints"
 TABLE_COLUMNS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge",
                  "retain_prob", "retain_rouge", "retain_truth_ratio")
 
@@ -61,20 +69,27 @@ class StageCache:
         return self.root / f"{stage}-{fingerprint(parts)}"
 
     def get_or_build(self, stage: str, parts: Any, make: Callable[[Path], None]) -> Path:
+        """Under several processes rank 0 alone holds the lock and decides for all; every rank runs `make`
+        (a training stage is one collective fit, written by rank 0) and waits for rank 0's rename."""
         folder = self.folder(stage, parts)
         self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder) + ".lock"):
-            if (folder / DONE_MARKER).exists():
+        lead = global_rank() == 0
+        with FileLock(str(folder) + ".lock") if lead else nullcontext():
+            if broadcast((folder / DONE_MARKER).exists()):
                 log.info("stage %s: reusing %s", stage, folder)
                 return folder
             tmp = folder.with_name(folder.name + ".partial")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an older layout
-            tmp.mkdir(parents=True)
-            log.info("stage %s: building %s", stage, folder)
+            if lead:
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an older layout
+                tmp.mkdir(parents=True)
+                log.info("stage %s: building %s", stage, folder)
+            barrier()
             make(tmp)
-            write_json_atomic(tmp / DONE_MARKER, {"stage": stage, "parts": parts})
-            tmp.rename(folder)
+            if lead:
+                write_json_atomic(tmp / DONE_MARKER, {"stage": stage, "parts": parts})
+                tmp.rename(folder)
+            barrier()
         return folder
 
 
@@ -90,15 +105,21 @@ class Protocol:
 
     @property
     def model_key(self) -> dict:
-        return {"model": OmegaConf.to_container(self.cfg.model, resolve=True), "seed": self.cfg.seed}
+        # LoRA applies to unlearning only: the cached stages before it do not depend on it.
+        model = {k: v for k, v in OmegaConf.to_container(self.cfg.model, resolve=True).items() if k != "lora"}
+        return {"model": model, "seed": self.cfg.seed}
 
     def base_model(self) -> str:
         """The path the protocol starts from: a built scratch model, or a hub id / folder."""
         if isinstance(self.spec, ScratchLlama):
             corpus = self.benchmark.corpus()
             parts = {**self.model_key, "corpus": fingerprint(corpus)}
-            return str(self.cache.get_or_build(
-                "base", parts, lambda folder: self.spec.build(folder, corpus, self.cfg.seed)))
+
+            def make(folder: Path) -> None:
+                if global_rank() == 0:  # nothing to train: one process writes the model
+                    self.spec.build(folder, corpus, self.cfg.seed)
+
+            return str(self.cache.get_or_build("base", parts, make))
         if isinstance(self.spec, PretrainedModel):
             return self.spec.base_path()
         raise ConfigError(f"model._target_ builds a {type(self.spec).__name__}, which has no base model")
@@ -157,8 +178,9 @@ class Protocol:
 
     def train(self, policy, tokenizer, objective: Objective, retain: RetainRegularizer | None,
               sets: Mapping[str, Sequence[dict]], optimizer, batch_size: int, stage: str,
-              epochs: int, max_steps: int = -1, frozen: Mapping | None = None, callbacks: Sequence = ()) -> None:
-        """One Lightning fit of `objective` (+ `retain`) on the named sets."""
+              epochs: int, max_steps: int = -1, frozen: Mapping | None = None, callbacks: Sequence = (),
+              ckpt_path: str | None = None) -> None:
+        """One Lightning fit of `objective` (+ `retain`) on the named sets (resumed from `ckpt_path`)."""
         L.seed_everything(self.cfg.seed, workers=True, verbose=False)
         module = UnlearningModule(policy, objective, optimizer, retain, frozen=frozen,
                                   warmup_steps=self.cfg.warmup_steps,
@@ -169,10 +191,12 @@ class Protocol:
             batch_size=batch_size, max_length=self.cfg.max_length, seed=self.cfg.seed,
             aligned_keys=("alternate",),
         )
-        logger = build(self.cfg.logger, name=stage) if self.cfg.get("logger") else False
+        logger = stage_logger(self.cfg, stage)
+        # The data module splits each global batch over the ranks itself (EpochPermutation).
         trainer = build(self.cfg.trainer, max_epochs=epochs, max_steps=max_steps, logger=logger,
-                        callbacks=list(callbacks))
-        trainer.fit(module, datamodule=datamodule)
+                        callbacks=list(callbacks), use_distributed_sampler=False,
+                        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     def finetune(self, stage: str, records: list[dict], start: Path | None = None,
                  settings: DictConfig | None = None) -> Path:
@@ -193,8 +217,7 @@ class Protocol:
             optimizer = build(self.cfg.optimizer, lr=ft.lr)
             self.train(policy, tokenizer, LanguageModeling(), None, {"train": records}, optimizer,
                        ft.batch_size, f"finetune_{stage}", ft.epochs, ft.max_steps)
-            policy.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
+            save_full_weights(policy, tokenizer, folder)
 
         return self.cache.get_or_build(f"finetune_{stage}", parts, make)
 
@@ -207,14 +230,41 @@ class Protocol:
         policy, tokenizer = self.spec.load(target)
         frozen = self.frozen(objective.frozen_models, target)
         sets = self.sets(tuple(dict.fromkeys(keys)), policy, tokenizer, frozen)
+        if self.spec.lora is not None:
+            policy = add_adapters(policy, self.spec.lora)
         self.train(policy, tokenizer, objective, retain, sets, build(self.cfg.optimizer),
                    self.cfg.data.batch_size, "unlearn", self.cfg.trainer.max_epochs,
                    self.cfg.trainer.get("max_steps", -1), frozen=frozen,
-                   callbacks=self.periodic_evaluation(tokenizer, reference_model))
+                   callbacks=[*self.periodic_evaluation(tokenizer, reference_model), *self.checkpointing()],
+                   ckpt_path=self.resume_checkpoint())
         folder = self.run_dir / "unlearned"
-        policy.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        save_full_weights(policy, tokenizer, folder)  # under LoRA: the adapter (PeftModel.save_pretrained)
+        if self.spec.lora is not None and self.spec.lora.merge_on_save:
+            # In place, no second copy; the merged model is evaluated: the numbers unlearn-eval gives it.
+            folder = folder / MERGED_FOLDER
+            policy = policy.merge_and_unload()
+            save_full_weights(policy, tokenizer, folder)
+        if distributed():  # under ZeRO-3 this process holds a shard: what is evaluated is the saved model
+            return self.spec.load(folder)
         return policy, tokenizer
+
+    def checkpointing(self) -> list:
+        """`<run>/checkpoints/last.ckpt` every `checkpoint_every_n_steps` unlearning steps (null: none)."""
+        every = self.cfg.get("checkpoint_every_n_steps")
+        if not every:
+            return []
+        return [ModelCheckpoint(dirpath=self.run_dir / CHECKPOINT_FOLDER, every_n_train_steps=every,
+                                save_last=True, save_top_k=0)]
+
+    def resume_checkpoint(self) -> str | None:
+        """`resume=true`: this run folder's last checkpoint; `resume=<file>`: that checkpoint."""
+        resume = self.cfg.get("resume")
+        if resume is None or resume is False:
+            return None
+        path = self.run_dir / CHECKPOINT_FOLDER / "last.ckpt" if resume is True else Path(str(resume))
+        if not path.is_file():
+            raise ConfigError(f"resume={resume}: no checkpoint {path} (resume=true needs hydra.run.dir=<the killed run's folder>)")
+        return str(path)
 
     def metric_groups(self) -> dict[str, MetricGroup]:
         return {name: build(node) for name, node in self.cfg.eval.groups.items() if node}
@@ -303,17 +353,21 @@ def report(protocol: Protocol, evaluations: dict[str, dict[str, Evaluation]], re
     return models
 
 
-def run(cfg: DictConfig) -> float:
-    """The entry point's only call: run the configured protocol, return the sweep metric."""
+def run(cfg: DictConfig) -> float | list[float]:
+    """The entry point's only call: run the configured protocol, return the sweep metric. A multi-process
+    trainer (conf/hardware/) starts its processes here; each runs the protocol (unlearning/strategies.py)."""
+    start_processes(cfg.trainer)
     return build(cfg.protocol)(cfg)
 
 
-def run_tofu(cfg: DictConfig) -> float:
-    """The TOFU protocol; returns the unlearned model's `cfg.objective_metric` for sweepers."""
+def run_tofu(cfg: DictConfig) -> float | list[float]:
+    """The TOFU protocol; returns the unlearned model's `cfg.objective_metric` (a name or a list) for sweepers."""
     protocol = build_protocol(cfg)
     target = protocol.finetune("target", protocol.benchmark.full)
     retain_model = protocol.finetune("retain", protocol.benchmark.retain)
     policy, tokenizer = protocol.unlearn(target, reference_model=retain_model)
+    if not end_processes():  # rank 0 evaluates and reports alone
+        return float("nan")
     evaluations = {
         "target": protocol.evaluate_cached(target),
         "retain": protocol.evaluate_cached(retain_model),
@@ -321,10 +375,8 @@ def run_tofu(cfg: DictConfig) -> float:
     }
     paths = {"target": str(target), "retain": str(retain_model), "unlearned": str(protocol.run_dir / "unlearned")}
     models = report(protocol, evaluations, "retain", paths)
-    metric = cfg.objective_metric
-    if metric not in models["unlearned"]:
-        raise ConfigError(f"objective_metric={metric!r} is not a result; valid: {', '.join(sorted(models['unlearned']))}")
-    return float(models["unlearned"][metric])
+    publish_results(cfg, protocol.run_dir / "results.json", models)
+    return sweep_objective(models["unlearned"], cfg.objective_metric)
 
 
 def run_evaluation(cfg: DictConfig) -> dict:

@@ -10,21 +10,25 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON to a temporary file in the same folder, fsync it, then rename over `path`:
-    a reader (or a crash) sees the old file or the new one, never half of one."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync it, then rename over `path`: a reader (or a
+    crash) sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, default=float)
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, default=float))
 
 
 def format_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> str:

@@ -14,7 +14,6 @@ flagged pairs become the forget set (`selector=<name>`, see `Protocol.forget_rec
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from unlearning.data.collate import PromptTemplate
 from unlearning.errors import ConfigError
 from unlearning.evaluation.tofu import generate_answers, rouge_l_recall
+from unlearning.results import write_text_atomic
 
 DECISIONS_FILE = "selector_decisions.jsonl"
 
@@ -40,10 +40,8 @@ class SelectionContext:
 
 
 def write_decisions(path: Path, decisions: Sequence[dict]) -> None:
-    """One JSON object per line, written to a temporary file and renamed: never half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(decision) + "\n" for decision in decisions), encoding="utf-8")
-    os.replace(tmp, path)
+    """One JSON object per line, written atomically: never half a file."""
+    write_text_atomic(path, "".join(json.dumps(decision) + "\n" for decision in decisions))
 
 
 class Selector:

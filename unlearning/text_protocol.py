@@ -20,6 +20,7 @@ from unlearning.evaluation.perplexity import perplexity
 from unlearning.methods.whp import WHPInference
 from unlearning.pipeline import build_protocol
 from unlearning.results import format_table, write_json_atomic
+from unlearning.strategies import end_processes
 
 COLUMNS = ("term_first_token_prob", "term_prob", "heldout_ppl", "forget_ppl")
 
@@ -37,6 +38,8 @@ def run_text(cfg: DictConfig, n_prompts: int = 200, context_words: int = 40, n_f
     target = protocol.finetune("target", corpus.forget)
     reinforced = protocol.reinforced(target)
     policy, tokenizer = protocol.unlearn(target)
+    if not end_processes():  # rank 0 evaluates and reports alone
+        return float("nan")
     template, max_length = protocol.spec.template, cfg.max_length
 
     def measure(model) -> dict[str, float]:

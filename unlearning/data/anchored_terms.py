@@ -21,6 +21,7 @@ import yaml
 from unlearning.data.benchmark import DataError
 from unlearning.data.collate import PromptTemplate, encode_record
 from unlearning.ops import IGNORE_INDEX
+from unlearning.results import write_text_atomic
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "conf" / "anchored_terms"
 TEXT_FIELDS = ("text", "question", "answer")
@@ -48,7 +49,7 @@ def save_dictionary(path: str | Path, terms: Mapping[str, str], header: str) -> 
     """Write a dictionary as YAML, `header` as leading comment lines (for the user who edits it)."""
     comments = "".join(f"# {line}\n" for line in header.splitlines())
     body = yaml.safe_dump(dict(terms), sort_keys=False, allow_unicode=True, width=1000)
-    Path(path).write_text(comments + body, encoding="utf-8")
+    write_text_atomic(path, comments + body)
 
 
 def term_pattern(terms: Mapping[str, str]) -> re.Pattern:

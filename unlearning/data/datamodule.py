@@ -3,16 +3,19 @@ example paired with companion samples (retain) drawn at random, and with aligned
 answer to the same question) taken at the same index.
 
 Companion draws are a pure function of (seed, rank, epoch, index): reproducible, resumable, and
-**different on every rank**, so several processes never train on the same retain samples.
+**different on every rank**, so several processes never train on the same retain samples. The shuffle
+is a pure function of (seed, epoch) too, and a run resumed from a checkpoint starts it where the killed
+run stopped (Lightning does not fast-forward a plain DataLoader).
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import math
+from typing import Iterator, Mapping, Sequence
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from unlearning.data.collate import PromptTemplate, encode_record, pad_batch
 
@@ -49,6 +52,41 @@ class PairedDataset(Dataset):
         return item
 
 
+class EpochPermutation(Sampler[int]):
+    """Epoch e visits the examples in the permutation drawn from (seed, e). `resume_batches` (the batches
+    a resumed run already trained on) starts the first pass at that epoch and position.
+
+    Under `world` processes rank r takes every world-th example from position r (the permutation padded
+    with its head to equal shares, so every rank runs the same number of steps): step k's batches of
+    size B together are the single-process batch k of size world * B."""
+
+    def __init__(self, dataset: PairedDataset, seed: int, batch_size: int, resume_batches: int = 0,
+                 rank: int = 0, world: int = 1) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.batch_size = batch_size
+        self.resume_batches = resume_batches
+        self.rank = rank
+        self.world = world
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = self.dataset.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        skip = 0
+        if self.resume_batches:
+            epoch, done = divmod(self.resume_batches, math.ceil(len(self) / self.batch_size))
+            self.set_epoch(epoch)
+            skip, self.resume_batches = done * self.batch_size, 0
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.dataset))
+        order = np.concatenate([order, order[:len(self) * self.world - len(order)]])
+        return iter(order[self.rank::self.world][skip:].tolist())
+
+
 class UnlearningDataModule(L.LightningDataModule):
     """Tokenizes QA sets with the model's template (answer-only labels) and serves paired batches.
 
@@ -67,6 +105,7 @@ class UnlearningDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.seed = seed
         self.train_set: PairedDataset | None = None
+        self.sampler: EpochPermutation | None = None
 
     def encode(self, records: Sequence[dict]) -> list[dict]:
         return [encode_record(self.tokenizer, self.template, r, self.max_length) for r in records]
@@ -84,11 +123,16 @@ class UnlearningDataModule(L.LightningDataModule):
         )
 
     def set_epoch(self, epoch: int) -> None:
-        self.train_set.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
     def collate(self, items: list[dict]) -> dict:
         pad_id = self.tokenizer.pad_token_id
         return {key: pad_batch([item[key] for item in items], pad_id) for key in items[0]}
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=self.collate)
+        # Called after a checkpoint is restored: global_step counts the batches already trained on.
+        done = self.trainer.global_step * self.trainer.accumulate_grad_batches if self.trainer is not None else 0
+        trainer = self.trainer
+        self.sampler = EpochPermutation(self.train_set, self.seed, self.batch_size, done,
+                                        trainer.global_rank if trainer else 0, trainer.world_size if trainer else 1)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=self.sampler, collate_fn=self.collate)

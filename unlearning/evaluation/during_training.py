@@ -2,7 +2,8 @@
 
 Every rank runs the same evaluation on the same examples: under DeepSpeed ZeRO-3 a forward pass needs
 every rank's shard, so evaluating on rank 0 alone would hang; the numbers are identical on all ranks
-and rank 0 logs them. With `monitor` set, the best model so far is saved (rank 0) to `best_dir`.
+and rank 0 logs them. With `monitor` set, the best model so far is saved to `best_dir` (full weights,
+written by rank 0).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import lightning as L
 
 from unlearning.evaluation.base import Evaluation, MetricGroup
 from unlearning.results import write_json_atomic
+from unlearning.strategies import save_full_weights
 
 
 class PeriodicEvaluation(L.Callback):
@@ -49,21 +51,28 @@ class PeriodicEvaluation(L.Callback):
         step = trainer.global_step
         metrics = self.measure(pl_module.policy)
         self.history.append({"step": step, **metrics})
-        if not trainer.is_global_zero:
-            return
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=step)
-        if self.history_file is not None:
-            write_json_atomic(self.history_file, self.history)
+        if trainer.is_global_zero:
+            if trainer.logger is not None:
+                trainer.logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+            if self.history_file is not None:
+                write_json_atomic(self.history_file, self.history)
         value = metrics.get(self.monitor) if self.monitor else None
-        if value is not None and self.best_dir is not None and (self.best is None or self.sign * (value - self.best) > 0):
+        improved = value is not None and self.best_dir is not None and (self.best is None or self.sign * (value - self.best) > 0)
+        if trainer.strategy.broadcast(improved):  # every rank saves: under ZeRO-3 that gathers the shards
             self.best = value
-            pl_module.policy.save_pretrained(self.best_dir)
-            self.tokenizer.save_pretrained(self.best_dir)
-            write_json_atomic(self.best_dir / "best.json", {"step": step, self.monitor: value})
+            save_full_weights(pl_module.policy, self.tokenizer, self.best_dir)
+            if trainer.is_global_zero:
+                write_json_atomic(self.best_dir / "best.json", {"step": step, self.monitor: value})
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "best": self.best}  # a resumed run continues the curve
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self.best = state["history"], state["best"]
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.record(trainer, pl_module)  # step 0: the curve starts at the model before unlearning
+        if not self.history:
+            self.record(trainer, pl_module)  # step 0: the curve starts at the model before unlearning
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every_n_steps == 0:

@@ -62,7 +62,8 @@ class Objective(nn.Module):
 
     def prepare(self, policy: nn.Module, **frozen: nn.Module) -> None:
         """Called once before the first step with the same models as `forward` (e.g. to edit weights
-        or precompute targets from the frozen models). Default: nothing."""
+        or precompute targets from the frozen models). Default: nothing. Not called again when a run
+        resumes from a checkpoint: what it does must live in the policy's weights, which the checkpoint holds."""
 
     def forward(self, policy: nn.Module, batch: dict, **frozen: nn.Module) -> torch.Tensor:
         raise NotImplementedError

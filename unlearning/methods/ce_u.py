@@ -5,7 +5,9 @@
 over the answer tokens. The target is the model's own distribution with the answer token removed, so
 the gradient on the logits, softmax(z_t) - q_t, is bounded: it lowers y_t by p_t (vanishing once the
 token is forgotten, unlike gradient ascent's 1/p_t) and redistributes the mass over the other tokens
-as the model already ranks them.
+as the model already ranks them. That gradient is exactly the gradient of unlikelihood,
+-log(1 - p_t) (unlikelihood.py): the two losses differ by H(q_t), a constant under the stop-gradient,
+so both methods train identically.
 """
 
 from __future__ import annotations

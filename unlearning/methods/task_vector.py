@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from unlearning.errors import ConfigError
+from unlearning.lora import is_lora
 from unlearning.methods.base import Objective
 
 
@@ -31,6 +33,8 @@ class TaskVector(Objective):
 
     @torch.no_grad()
     def prepare(self, policy, reinforced):
+        if is_lora(policy):  # the edit is to the base weights, which LoRA freezes and its adapter would not save
+            raise ConfigError("method=task_vector edits every weight of the model: run it with model.lora=null")
         reinforced_params = dict(reinforced.named_parameters())
         for name, param in policy.named_parameters():
             param.copy_(negate_task_vector(param, reinforced_params[name], self.scale))

@@ -4,8 +4,9 @@ Model Unlearning" (Pan, Zhang, Zheng, Li, Cheng, Zhao 2024, arXiv 2412.20412).
     L_forget = mean_t -log(1 - p_theta(y_t | x, y_<t))
 
 over the answer tokens. Unlike gradient ascent (-log p, gradient 1/p that explodes as p -> 0), its
-gradient vanishes once a token is unlikely, so the loss has a floor of 0 and cannot diverge. Only the
-objective is implemented; MOLLM's multiple-gradient-descent combination is a separate concern.
+gradient vanishes once a token is unlikely, so the loss has a floor of 0 and cannot diverge. Its
+gradient on the logits, softmax(z_t) - softmax(z_t without y_t), is CE-U's (ce_u.py). Only the
+objective is implemented; MOLLM's multiple-gradient combination is `combiner=min_norm`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,63 @@
+"""Run by tests/test_distributed.py as `python distributed_probe.py {ddp,zero3} OUT_DIR`: 2 CPU processes
+fit NPO + retain NLL for two steps on a tiny Llama; each rank writes OUT_DIR/rank<r>.json with the forget
+and retain input ids it trained on and, at train start, the size of every frozen reference parameter
+it holds (numel, and DeepSpeed's full size ds_numel when ZeRO-3 partitioned it)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from tests.conftest import PAIRS_FOR_STEP, SENTENCES, make_tiny_llama
+from unlearning.data.collate import PromptTemplate
+from unlearning.data.datamodule import UnlearningDataModule
+from unlearning.methods.npo import NPO
+from unlearning.models import train_byte_level_tokenizer
+from unlearning.module import UnlearningModule
+from unlearning.retain import NLLRetain
+from unlearning.strategies import DeepSpeedOnAnyDevice
+
+
+class Probe(L.Callback):
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.seen = {"forget": [], "retain": []}
+        self.frozen: dict[str, list[int]] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.frozen = {name: [param.numel(), getattr(param, "ds_numel", param.numel())]
+                       for name, param in pl_module.frozen.named_parameters()}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        for key in self.seen:
+            self.seen[key].append(batch[key]["input_ids"].tolist())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        record = {**self.seen, "frozen": self.frozen, "world_size": trainer.world_size}
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def main(strategy: str, out: Path) -> None:
+    tokenizer = train_byte_level_tokenizer(SENTENCES * 5, vocab_size=300)
+    L.seed_everything(0)
+    pairs = [{"question": q, "answer": a} for q, a in PAIRS_FOR_STEP]
+    forget = pairs * 4  # 8 forget examples: two steps of 2 per rank
+    retain = [{"question": f"{q} ({i})", "answer": a} for i in range(10) for q, a in pairs]
+    module = UnlearningModule(make_tiny_llama(tokenizer), NPO(), partial(torch.optim.AdamW, lr=1e-3), NLLRetain())
+    data = UnlearningDataModule({"forget": forget, "retain": retain}, tokenizer, PromptTemplate(), batch_size=2,
+                                max_length=64, seed=0)
+    trainer = L.Trainer(accelerator="cpu", devices=2, max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                        strategy="ddp" if strategy == "ddp" else DeepSpeedOnAnyDevice(stage=3),
+                        callbacks=[Probe(out)])
+    trainer.fit(module, datamodule=data)
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))

@@ -1,0 +1,138 @@
+"""Several processes (DDP, DeepSpeed ZeRO-2/3) for every stage of a run, on GPUs or on CPU.
+
+How a multi-process run goes (`unlearn hardware=ddp`, `hardware=deepspeed_zero3`, ...):
+- `start_processes` starts every rank's process before the pipeline (Lightning would start them at the
+  first `fit`, after rank 0 already took the stage cache's lock: a deadlock). Each process runs the same
+  pipeline; under torchrun / SLURM the processes exist already and only the process group is set up.
+- Stages: rank 0 takes the cache lock and decides build-or-reuse for all (`broadcast`); every rank
+  trains (one collective fit) and `save_full_weights` gathers ZeRO-3 shards, rank 0 alone writes.
+- Frozen models (reference, teacher, reinforced) live inside the LightningModule (`module.frozen`), so
+  DDP keeps a frozen copy per rank and ZeRO-3 partitions them with the policy when `deepspeed.initialize`
+  converts the module's parameters: no rank ever holds a full frozen copy during training.
+- After the last training stage `end_processes` ends the process group; rank 0 evaluates alone from the
+  saved full weights (under ZeRO-3 a forward pass of the sharded model would need every rank) and
+  writes the results; the other ranks return.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+from omegaconf import DictConfig
+from torch import nn
+
+
+class DeepSpeedOnAnyDevice(DeepSpeedStrategy):
+    """Lightning's DeepSpeed strategy, also on CPU (gloo): Lightning refuses any accelerator but CUDA and
+    gives DeepSpeed the CUDA device index, which a CPU device lacks. Takes every DeepSpeedStrategy
+    argument; a torch optimizer runs with the default `zero_allow_untested_optimizer=True`."""
+
+    def setup_environment(self) -> None:
+        DDPStrategy.setup_environment(self)  # DeepSpeedStrategy's own only adds the CUDA-only check
+
+    def setup_distributed(self) -> None:
+        if self.root_device.type != "cpu":
+            return super().setup_distributed()
+        # as Lightning's, less its check of CUDA device indices against the local ranks
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+
+    def _setup_model_and_optimizer(self, model: nn.Module, optimizer, lr_scheduler=None):
+        import deepspeed
+
+        engine, deepspeed_optimizer, _, _ = deepspeed.initialize(
+            args=argparse.Namespace(device_rank=self.local_rank),
+            config=self.config,
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            dist_init_required=False,
+        )
+        return engine, deepspeed_optimizer
+
+
+def start_processes(trainer: DictConfig) -> None:
+    """Start the processes and the process group of a multi-process `trainer` config (a `strategy` over
+    more than one device); nothing for a single process."""
+    if not trainer.get("strategy"):
+        return
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator=trainer.get("accelerator", "auto"), devices=trainer.get("devices", "auto"),
+                    num_nodes=trainer.get("num_nodes", 1), strategy="ddp")
+    if fabric.world_size > 1:
+        fabric.launch()  # re-runs the command line in the other processes (Hydra-aware), then joins the group
+
+
+def distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def global_rank() -> int:
+    return torch.distributed.get_rank() if distributed() else 0
+
+
+def barrier() -> None:
+    if distributed():
+        torch.distributed.barrier()
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's `value` on every rank."""
+    if not distributed():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def end_processes() -> bool:
+    """After the last training stage: wait for every rank and end the process group. True on the
+    process that goes on to evaluate and report (rank 0, or the only one)."""
+    if not distributed():
+        return True
+    rank = global_rank()
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    return rank == 0
+
+
+def zero3_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Under ZeRO-3, the model's complete weights on rank 0 (None on the others, and without ZeRO-3).
+    The shards are gathered one module at a time, so no rank ever holds more than one layer beyond
+    its shard. Collective: every rank calls it."""
+    if not any(hasattr(p, "ds_id") for p in model.parameters()):
+        return None
+    import deepspeed
+
+    lead = global_rank() == 0
+    state, copies = {}, {}  # a tied weight (embeddings = LM head) stays one tensor, as save_pretrained expects
+    for prefix, module in model.named_modules():
+        params = dict(module.named_parameters(recurse=False))
+        with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
+            if lead:
+                for name, param in params.items():
+                    if id(param) not in copies:
+                        copies[id(param)] = param.detach().cpu().clone()
+                    state[f"{prefix}.{name}" if prefix else name] = copies[id(param)]
+        if lead:
+            state.update({f"{prefix}.{name}" if prefix else name: buffer.detach().cpu().clone()
+                          for name, buffer in module.named_buffers(recurse=False)
+                          if name not in module._non_persistent_buffers_set})
+    return state if lead else None
+
+
+def save_full_weights(model: nn.Module, tokenizer, folder: str | Path) -> None:
+    """`save_pretrained` of the complete model by rank 0; call it on every rank (ZeRO-3 gathers)."""
+    state = zero3_state_dict(model)
+    if global_rank() == 0:
+        model.save_pretrained(folder, **({} if state is None else {"state_dict": state}))
+        tokenizer.save_pretrained(folder)
+    barrier()
