@@ -1,9 +1,9 @@
-# `make demo`: set up and run the default experiment. `make test`: set up and run the test suite.
+# `make demo`: set up and run the default experiment. `make test`: set up and run the test suite (CI's).
 PYTHON ?= python3
 VENV := .venv
 DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test test-fast
+.PHONY: setup demo test test-fast test-all
 
 setup: $(VENV)/.installed
 
@@ -18,7 +18,11 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/unlearn
 
+# Unit tests plus the end-to-end runs marked `ci` (the default experiment among them): what CI runs.
 test: setup
+	UNLEARNING_DATA_DIR=$${UNLEARNING_DATA_DIR:-$(DATA_DIR)} $(VENV)/bin/pytest -m "not slow or ci"
+
+test-all: setup
 	UNLEARNING_DATA_DIR=$${UNLEARNING_DATA_DIR:-$(DATA_DIR)} $(VENV)/bin/pytest
 
 test-fast: setup

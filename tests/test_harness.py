@@ -111,6 +111,7 @@ def test_missing_local_file_and_empty_task_list_are_config_errors(tmp_path, smal
         group.evaluate(model, tokenizer, TEMPLATE, small_benchmark)
 
 
+@pytest.mark.ci
 @pytest.mark.slow
 def test_harness_cli_runs_our_shipped_task(stories, data_dir, tmp_path):
     """`lm_eval` itself, on a saved stories260K, with tofu_forget_mc from our include path pointed at the

@@ -19,6 +19,7 @@ def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())["models"]
 
 
+@pytest.mark.ci
 @pytest.mark.slow
 def test_default_experiment_cold_then_warm(tmp_path):
     """`unlearn` with no arguments: the target memorised the forget set (forget quality far below the
@@ -47,6 +48,7 @@ def test_default_experiment_cold_then_warm(tmp_path):
     assert read_results(tmp_path / "warm") == models  # same seed, same config, same numbers
 
 
+@pytest.mark.ci
 @pytest.mark.slow
 def test_real_tofu_and_stories260k_then_unlearn_eval(data_dir, tmp_path):
     """A few steps of the protocol on the real TOFU forget01 files and the real stories260K model;

@@ -54,7 +54,8 @@ def uninterrupted(shared_cache, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("every", "kill_step"), [(3, 7), (7, 8)], ids=["mid_epoch", "epoch_end"])
+@pytest.mark.parametrize(("every", "kill_step"), [pytest.param(3, 7, marks=pytest.mark.ci), (7, 8)],
+                         ids=["mid_epoch", "epoch_end"])
 def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(every, kill_step, uninterrupted, shared_cache,
                                                                    tmp_path):
     """Killed after step 7 with checkpoints every 3 steps: resumed from step 6, mid-epoch; killed after

@@ -104,6 +104,7 @@ def wandb_records(path: Path):
             yield record
 
 
+@pytest.mark.ci
 @pytest.mark.slow
 def test_grid_sweep_names_job_folders_after_overrides(cache_dir, tmp_path):
     unlearn("--multirun", "method=npo,grad_ascent", "optimizer.lr=1e-3,5e-4", f"hydra.sweep.dir={tmp_path}",

@@ -154,6 +154,7 @@ def test_shipped_sherlock_dictionary_terms_occur_in_the_book():
     assert 40 <= len(terms) <= 80 and all(term in text for term in terms)
 
 
+@pytest.mark.ci
 @pytest.mark.slow
 def test_sherlock_experiment_tiny(tmp_path):
     """`unlearn experiment=whp_sherlock` with tiny settings: every stage runs, the table has every model."""
