@@ -53,16 +53,16 @@ def test_default_experiment_cold_then_warm(tmp_path):
 def test_real_tofu_and_stories260k_then_unlearn_eval(data_dir, tmp_path):
     """A few steps of the protocol on the real TOFU forget01 files and the real stories260K model;
     then `unlearn-eval` scores the saved unlearned model against the retain model."""
-    common = ["experiment=tofu_stories260K", f"paths.cache_dir={tmp_path / 'cache'}", "eval.groups.tofu.max_examples=6",
-              "eval.groups.lm_eval.limit=3"]
-    cfg = compose_config([*common, "finetune.max_steps=2", "trainer.max_steps=2"], run_dir=tmp_path / "run")
+    common = ["experiment=tofu_stories260K", f"paths.cache_dir={tmp_path / 'cache'}", "eval.groups.tofu.max_examples=6"]
+    cfg = compose_config([*common, "eval.groups.lm_eval.limit=3", "finetune.max_steps=2", "trainer.max_steps=2"],
+                         run_dir=tmp_path / "run")
     assert cfg.data.split == "forget01" and Path(cfg.data.path).is_dir()
     value = run(cfg)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results["models"]) == set(MODELS)
     assert value == results["models"]["unlearned"]["forget_quality"]
     per_example = json.loads((tmp_path / "run" / "per_example.json").read_text())
-    assert len(per_example["unlearned"]["forget"]["truth_ratio"]) == 6
+    assert len(per_example["unlearned"]["tofu"]["forget"]["truth_ratio"]) == 6
 
     eval_cfg = compose_config(
         [*common, f"checkpoint={tmp_path / 'run' / 'unlearned'}", f"retain_checkpoint={results['paths']['retain']}"],

@@ -62,6 +62,12 @@ def select_trainable(model: nn.Module, pattern: str | None) -> None:
                           + (" (under model.lora: no adapted weight)" if is_lora(model) else ""))
 
 
+def batch_keys(objective: Objective, retain: RetainRegularizer | None) -> tuple[str, ...]:
+    """The sub-batches a stage's terms read, primary (iterated) key first, each once."""
+    keys = objective.batch_keys + (retain.batch_keys if retain is not None else ())
+    return tuple(dict.fromkeys(keys))
+
+
 class UnlearningModule(L.LightningModule):
     def __init__(
         self,
@@ -94,9 +100,7 @@ class UnlearningModule(L.LightningModule):
         select_trainable(policy, trainable_params or objective.trainable_params)
 
     def batch_keys(self) -> tuple[str, ...]:
-        """The sub-batches the data module must provide, primary (iterated) key first."""
-        keys = self.objective.batch_keys + (self.retain.batch_keys if self.retain is not None else ())
-        return tuple(dict.fromkeys(keys))
+        return batch_keys(self.objective, self.retain)
 
     def _frozen_for(self, term: nn.Module) -> dict[str, nn.Module]:
         return {name: self.frozen[name] for name in term.frozen_models}

@@ -13,16 +13,17 @@ import json
 import logging
 import shutil
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 from filelock import FileLock
 from lightning.pytorch.callbacks import ModelCheckpoint
-from unlearning.config import build
 from omegaconf import DictConfig, OmegaConf
 
+from unlearning.config import build
 from unlearning.dashboards import publish_results, stage_logger
 from unlearning.data.alternates import alternate_answers
 from unlearning.data.anchored_terms import TEXT_FIELDS, anchor_records, load_dictionary, save_dictionary
@@ -36,7 +37,7 @@ from unlearning.lora import MERGED_FOLDER, add_adapters
 from unlearning.methods.base import Objective
 from unlearning.methods.language_modeling import LanguageModeling
 from unlearning.models import ModelSpec, PretrainedModel, ScratchLlama, frozen_copy
-from unlearning.module import UnlearningModule
+from unlearning.module import UnlearningModule, batch_keys
 from unlearning.results import format_table, write_json_atomic
 from unlearning.retain import RetainRegularizer
 from unlearning.selectors import DECISIONS_FILE, SelectionContext
@@ -226,10 +227,9 @@ class Protocol:
         `reference_model` (the retain model) anchors forget quality when evaluating during training."""
         objective = build(self.cfg.method)
         retain = build(self.cfg.retain) if self.cfg.get("retain") else None
-        keys = objective.batch_keys + (retain.batch_keys if retain is not None else ())
         policy, tokenizer = self.spec.load(target)
         frozen = self.frozen(objective.frozen_models, target)
-        sets = self.sets(tuple(dict.fromkeys(keys)), policy, tokenizer, frozen)
+        sets = self.sets(batch_keys(objective, retain), policy, tokenizer, frozen)
         if self.spec.lora is not None:
             policy = add_adapters(policy, self.spec.lora)
         self.train(policy, tokenizer, objective, retain, sets, build(self.cfg.optimizer),
@@ -266,19 +266,27 @@ class Protocol:
             raise ConfigError(f"resume={resume}: no checkpoint {path} (resume=true needs hydra.run.dir=<the killed run's folder>)")
         return str(path)
 
+    @cached_property
     def metric_groups(self) -> dict[str, MetricGroup]:
+        """The configured metric groups, built once per run (every model is scored by the same objects)."""
         return {name: build(node) for name, node in self.cfg.eval.groups.items() if node}
+
+    @cached_property
+    def benchmark_key(self) -> str:
+        """Fingerprint of every split (groups read more than the TOFU eval sets: holdout, retain, ...)."""
+        return fingerprint(asdict(self.benchmark))
 
     def evaluate(self, policy, tokenizer) -> dict[str, Evaluation]:
         """Every configured metric group's evaluation of one model."""
         return {name: group.evaluate(policy, tokenizer, self.spec.template, self.benchmark)
-                for name, group in self.metric_groups().items()}
+                for name, group in self.metric_groups.items()}
 
     def evaluate_cached(self, folder: Path) -> dict[str, Evaluation]:
         """Evaluate a cached stage's model once per group setting: sweeps reuse the numbers."""
         evaluations, missing = {}, {}
-        for name, node in self.cfg.eval.groups.items():
-            parts = {"group": OmegaConf.to_container(node, resolve=True), "data": fingerprint(self.benchmark.eval_sets()),
+        for name in self.metric_groups:
+            node = self.cfg.eval.groups[name]
+            parts = {"group": OmegaConf.to_container(node, resolve=True), "data": self.benchmark_key,
                      "template": str(self.spec.template)}
             cached = folder / f"eval-{name}-{fingerprint(parts)}.json"
             if cached.exists():
@@ -288,7 +296,7 @@ class Protocol:
         if missing:
             policy, tokenizer = self.spec.load(folder)
             for name, cached in missing.items():
-                evaluations[name] = build(self.cfg.eval.groups[name]).evaluate(
+                evaluations[name] = self.metric_groups[name].evaluate(
                     policy, tokenizer, self.spec.template, self.benchmark)
                 write_json_atomic(cached, evaluations[name].to_json())
         return evaluations
@@ -321,7 +329,7 @@ def report(protocol: Protocol, evaluations: dict[str, dict[str, Evaluation]], re
     """Merge every group's aggregates and its comparisons against the `reference` model, write
     results.json and per_example.json atomically, print one table per group; returns metrics per model."""
     models: dict[str, dict[str, float]] = {name: {} for name in evaluations}
-    groups = protocol.metric_groups()
+    groups = protocol.metric_groups
     for group_name, group in groups.items():
         by_model = {name: evaluation[group_name] for name, evaluation in evaluations.items()}
         for name, evaluation in by_model.items():
