@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -e ".[dev,eval,scale]"
+	$(VENV)/bin/pip install -q -e ".[dev,eval,scale,report]"
 	touch $@
 
 demo: setup
