@@ -1,17 +1,25 @@
-"""Bad input fails before training with one line naming the file, field or key, and a non-zero exit."""
+"""Bad input fails before training with one line naming the file, field or key, and a non-zero exit;
+a run that fails leaves nothing half-written in its folder. Config keys: tests/test_bad_config.py."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
 
-from tests.conftest import compose_config
-from unlearning.errors import UnlearningError
+from tests.conftest import compose_config, make_tiny_llama
+from unlearning.data.collate import PromptTemplate, encode_qa
+from unlearning.data.text import read_texts
+from unlearning.errors import ConfigError, UnlearningError
+from unlearning.models import load_pretrained
 from unlearning.pipeline import run
 
 
@@ -30,6 +38,21 @@ def run_tofu(folder: Path, tmp_path: Path, *overrides: str) -> None:
     cfg = compose_config(["data=tofu", f"data.path={folder}", "data.split=forget01",
                           f"paths.cache_dir={tmp_path / 'cache'}", *overrides], run_dir=tmp_path / "run")
     run(cfg)
+
+
+def assert_nothing_written(tmp_path: Path) -> None:
+    """A run that failed on bad input leaves an empty run folder (if any) and no stage cache."""
+    run_dir = tmp_path / "run"
+    assert not run_dir.exists() or not any(run_dir.iterdir()), sorted(run_dir.iterdir())
+    assert not (tmp_path / "cache").exists()
+
+
+def write_lines(file: Path, lines: list[str]) -> None:
+    file.write_text("\n".join(lines) + "\n")
+
+
+def records_of(file: Path) -> list[dict]:
+    return [json.loads(line) for line in file.read_text().splitlines()]
 
 
 def test_missing_data_file(tofu_copy, tmp_path):
@@ -53,8 +76,138 @@ def test_empty_forget_split(tofu_copy, tmp_path):
 
 
 def test_split_that_does_not_exist(tofu_copy, tmp_path):
-    with pytest.raises(UnlearningError, match=r"data.split='forget07' is not a TOFU forget split"):
+    with pytest.raises(UnlearningError, match=r"^data\.split='forget07' is not allowed; valid: 'forget01', 'forget05', "
+                                              r"'forget10'$"):
         run_tofu(tofu_copy, tmp_path, "data.split=forget07")
+    assert_nothing_written(tmp_path)
+
+
+def test_data_file_that_is_not_utf8(tofu_copy, tmp_path):
+    file = tofu_copy / "forget01.jsonl"
+    lines = file.read_bytes().split(b"\n")
+    latin1 = b'{"question": "Caf\xe9?", "answer": "Yes."}'  # what an editor saving in Latin-1 writes
+    file.write_bytes(b"\n".join([lines[0], latin1, *lines[1:]]))
+    byte = len(lines[0]) + 1 + latin1.index(b"\xe9")
+    with pytest.raises(UnlearningError, match=rf"^TOFU file \S+/forget01\.jsonl is not valid UTF-8 \(byte {byte}\)$"):
+        run_tofu(tofu_copy, tmp_path)
+    assert_nothing_written(tmp_path)
+
+
+def test_truncated_json_line(tofu_copy, tmp_path):
+    """The last line cut in the middle, as a copy interrupted by a full disk leaves it."""
+    file = tofu_copy / "forget01.jsonl"
+    lines = file.read_text().splitlines()
+    write_lines(file, [*lines[:-1], lines[-1][: len(lines[-1]) // 2]])
+    with pytest.raises(UnlearningError, match=r"^TOFU file \S+/forget01\.jsonl line 20 is not valid JSON$"):
+        run_tofu(tofu_copy, tmp_path)
+    assert_nothing_written(tmp_path)
+
+
+def test_line_that_is_not_an_object(tofu_copy, tmp_path):
+    file = tofu_copy / "holdout01.jsonl"
+    lines = file.read_text().splitlines()
+    write_lines(file, [lines[0], json.dumps(["question", "answer"]), *lines[2:]])
+    with pytest.raises(UnlearningError, match=r"^TOFU file \S+/holdout01\.jsonl line 2 is not a JSON object$"):
+        run_tofu(tofu_copy, tmp_path)
+
+
+def test_field_of_the_wrong_type(tofu_copy, tmp_path):
+    file = tofu_copy / "forget01.jsonl"
+    records = records_of(file)
+    records[2]["answer"] = 1956
+    write_lines(file, [json.dumps(r) for r in records])
+    with pytest.raises(UnlearningError, match=r"^tofu-forget01: split 'forget' record 2 field 'answer' is not text$"):
+        run_tofu(tofu_copy, tmp_path)
+
+
+def test_perturbed_answers_that_are_not_a_list(tofu_copy, tmp_path):
+    file = tofu_copy / "forget01_perturbed.jsonl"
+    records = records_of(file)
+    records[0]["perturbed_answer"] = records[0]["perturbed_answer"][0]
+    write_lines(file, [json.dumps(r) for r in records])
+    with pytest.raises(UnlearningError, match=r"^tofu-forget01: split 'forget_perturbed' record 0 field "
+                                              r"'perturbed_answer' is not a list of text$"):
+        run_tofu(tofu_copy, tmp_path)
+
+
+def test_duplicate_record(tofu_copy, tmp_path):
+    """TOFU has no ids: a repeated question-answer pair (a file concatenated twice, say) is the duplicate."""
+    file = tofu_copy / "forget01.jsonl"
+    lines = file.read_text().splitlines()
+    write_lines(file, [*lines, lines[3]])
+    with pytest.raises(UnlearningError, match=r"^tofu-forget01: split 'forget' record 20 repeats record 3 "
+                                              r"\(same question and answer\)$"):
+        run_tofu(tofu_copy, tmp_path)
+    assert_nothing_written(tmp_path)
+
+
+def test_file_of_blank_lines(tofu_copy, tmp_path):
+    (tofu_copy / "full.jsonl").write_text("\n  \n\n")
+    with pytest.raises(UnlearningError, match=r"^tofu-forget01: split 'full' is empty$"):
+        run_tofu(tofu_copy, tmp_path)
+
+
+def test_text_corpus_that_is_not_utf8(tmp_path):
+    book = tmp_path / "book.txt"
+    before = "Chapter 1\n\nThe caf".encode()
+    book.write_bytes(before + b"\xe9 was closed.")  # Latin-1's e-acute
+    with pytest.raises(UnlearningError, match=rf"^text corpus {re.escape(str(book))} is not valid UTF-8 "
+                                              rf"\(byte {len(before)}\)$"):
+        read_texts(book)
+
+
+def save_model_folder(folder: Path, tokenizer, model) -> Path:
+    tokenizer.save_pretrained(folder)
+    model.save_pretrained(folder)  # safetensors
+    return folder
+
+
+def without_special_tokens(tokenizer, **kept: str) -> PreTrainedTokenizerFast:
+    """The fixture's tokenizer declaring only the special tokens in `kept` (Llama-2's has no pad token)."""
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, **kept)
+
+
+def test_tokenizer_without_pad_token_pads_with_eos_and_says_so(tokenizer, tmp_path, caplog):
+    bare = without_special_tokens(tokenizer, bos_token="<s>", eos_token="</s>")
+    folder = save_model_folder(tmp_path / "no_pad", bare, make_tiny_llama(tokenizer))
+    with caplog.at_level(logging.WARNING, logger="unlearning.models"):
+        _, loaded = load_pretrained(folder, torch.float32)
+    assert loaded.pad_token == "</s>"
+    assert caplog.messages == [f"the tokenizer of {folder} has no pad token: padding with its EOS token '</s>'"]
+
+
+def test_tokenizer_without_pad_or_eos_token(tokenizer, tmp_path):
+    folder = save_model_folder(tmp_path / "no_pad_no_eos", without_special_tokens(tokenizer, bos_token="<s>"),
+                               make_tiny_llama(tokenizer))
+    with pytest.raises(ConfigError, match=rf"^the tokenizer of {re.escape(str(folder))} has neither a pad nor an EOS "
+                                          r"token; valid: a tokenizer with either$"):
+        load_pretrained(folder, torch.float32)
+
+
+def test_sequence_longer_than_the_context_is_truncated_with_a_warning(tokenizer, tmp_path, caplog):
+    """max_length 300 on a model with 256 positions: cut at 256 (positions past the context were never
+    trained), and the warning names both numbers once."""
+    _, loaded = load_pretrained(save_model_folder(tmp_path / "model", tokenizer, make_tiny_llama(tokenizer)),
+                                torch.float32)
+    assert loaded.model_max_length == 256
+    with caplog.at_level(logging.WARNING, logger="unlearning.data.collate"):
+        encoded = [encode_qa(loaded, PromptTemplate(), "Who?", "word " * 400, max_length=300) for _ in range(2)]
+    assert [len(e["input_ids"]) for e in encoded] == [256, 256]
+    assert caplog.messages == ["max_length=300 exceeds the model's context of 256 tokens (max_position_embeddings): "
+                               "sequences are truncated at 256"]
+
+
+def test_model_folder_with_pickled_weights_is_refused(tokenizer, tmp_path):
+    """A pytorch_model.bin is a pickle (it can run code when loaded): only safetensors are read."""
+    folder = tmp_path / "pickled"
+    model = make_tiny_llama(tokenizer)
+    tokenizer.save_pretrained(folder)
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match=rf"^model folder {re.escape(str(folder))} has no \.safetensors weights; "
+                                          r"valid: safetensors only \(pickled \*\.bin / \*\.pt checkpoints can run "
+                                          r"code when loaded: convert them where you trust them\)$"):
+        load_pretrained(folder, torch.float32)
 
 
 def test_model_folder_without_tokenizer(data_dir, tofu_copy, tmp_path):

@@ -12,17 +12,31 @@ from omegaconf import OmegaConf
 
 from tests.conftest import DATA_DIR, compose_config
 from unlearning.cli import CONFIG_DIR
+from unlearning.schema import EvaluationSettings, RunSettings, prepare_config
 
 CONF = Path(CONFIG_DIR)
+DATA_FOLDERS = {"anchored_terms"}  # conf/ folders of data files (WHP dictionaries), not config groups
 GROUP_OPTIONS = sorted(
     (path.parent.relative_to(CONF).as_posix(), path.stem)
-    for path in CONF.glob("*/**/*.yaml")
+    for path in CONF.glob("*/**/*.yaml") if path.relative_to(CONF).parts[0] not in DATA_FOLDERS
 )
 PRIMARY_GROUPS = {next(iter(entry)) for entry in OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml").defaults)
                   if isinstance(entry, dict)}
 # Keys whose value a user must give; tests give a harmless one.
 REQUIRED = {("model", "local"): [f"model.name_or_path={DATA_DIR}/models/stories260K"],
+            ("selector", "classifier"): ["selector.model=some/classifier"],
             ("familiarity", "default"): ["eval.groups.familiarity.anchored_terms=sherlock_holmes"]}
+# Paper-scale experiments read the hub or files a user supplies (books, MUSE / WMDP corpora): the real
+# TOFU and the shared texts stand in, so that everything else they describe is built as written.
+TEXT = f"{DATA_DIR}/text"
+PAPER_TOFU = [f"data.path={DATA_DIR}/tofu"]
+PAPER_TEXT = [f"data.benchmark.forget_path={TEXT}/sherlock_holmes_adventures_pg1661.txt",
+              f"data.benchmark.retain_path={TEXT}/wikitext2_test_500.jsonl"]
+REQUIRED |= {("experiment", name): PAPER_TOFU for name in (
+    "paper_scale_tofu", "tofu_paper", "undial_stability_paper", "undial_sequential_paper", "undial_strength_paper",
+    "relearning_paper", "chen2024_paper")}
+REQUIRED |= {("experiment", "whp_paper"): [*PAPER_TEXT, "data.anchored_terms=sherlock_holmes"],
+             ("experiment", "muse_paper"): PAPER_TEXT, ("experiment", "wmdp_rmu_paper"): PAPER_TEXT}
 
 
 def instantiate_everything(cfg) -> dict:
@@ -49,6 +63,7 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
     if group == "data" and option == "tofu":
         overrides.append(f"data.path={DATA_DIR}/tofu")
     cfg = compose_config(overrides, run_dir=tmp_path)
+    prepare_config(cfg, RunSettings)  # the startup check accepts every shipped option
     OmegaConf.resolve(cfg)
     if uses_real_data(cfg) and not (DATA_DIR / "tofu").is_dir():
         pytest.skip(f"needs the real data folder {DATA_DIR}")
@@ -60,6 +75,7 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
 
 def test_evaluate_config_composes(tmp_path):
     cfg = compose_config(["checkpoint=some/folder"], config_name="evaluate", run_dir=tmp_path)
+    prepare_config(cfg, EvaluationSettings)
     assert cfg.checkpoint == "some/folder" and cfg.eval.groups.tofu.batch_size > 0
 
 

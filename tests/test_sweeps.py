@@ -138,7 +138,7 @@ def test_failed_job_is_recorded_and_the_multi_objective_sweep_goes_on(cache_dir,
             f"hydra.sweep.dir={tmp_path}", f"paths.cache_dir={cache_dir}")
     folders = {name.split("data.split=")[1].split(",")[0]: f for name, f in job_folders(tmp_path).items()}
     failure = json.loads((folders["forget07"] / "FAILED.json").read_text())
-    assert failure["error"] == "DataError" and "forget07" in failure["message"]
+    assert failure["error"] == "ConfigError" and "data.split" in failure["message"] and "forget07" in failure["message"]
     unlearned = json.loads((folders["forget10"] / "results.json").read_text())["models"]["unlearned"]
     by_split = {t.params["data.split"]: t for t in load_study(tmp_path, "unlearning").trials}
     assert by_split["forget07"].state.name == "FAIL"

@@ -1,11 +1,14 @@
-"""Config nodes -> objects, with the user's errors kept readable."""
+"""Config nodes -> objects, with the user's errors kept readable; stable hashes of configs."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from unlearning.errors import UnlearningError
 
@@ -19,3 +22,17 @@ def build(node: Any, **kwargs: Any) -> Any:
         if isinstance(error.__cause__, UnlearningError):
             raise error.__cause__ from None
         raise
+
+
+def fingerprint(parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts (configs, records)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def config_fingerprint(cfg: DictConfig) -> str:
+    """The hash of a run's resolved config less `resume`, which says how a run continues, not what it
+    computes: what a saved model or a finished sweep job must match to be taken as this run's."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("resume", None)
+    return fingerprint(resolved)

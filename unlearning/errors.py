@@ -11,3 +11,7 @@ class ConfigError(UnlearningError):
 
 class NonFiniteLoss(UnlearningError):
     """A loss term turned NaN/inf during training: the message names the step and the term."""
+
+
+class OutputError(UnlearningError):
+    """A file cannot be written (full disk, read-only or unwritable folder): the message names it."""

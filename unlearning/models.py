@@ -8,9 +8,10 @@ the benchmark's text and randomly initialised weights), which is what the self-c
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -18,6 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from unlearning.data.collate import PromptTemplate
 from unlearning.errors import ConfigError
 from unlearning.lora import LoraSettings
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -27,10 +30,10 @@ class ModelSpec:
     """What every model config provides: a name, a prompt template, dtype and how to load a folder."""
 
     name: str
-    template: Any = field(default_factory=PromptTemplate)
+    template: PromptTemplate = field(default_factory=PromptTemplate)
     dtype: str = "float32"
     trust_remote_code: bool = False
-    lora: Any = None  # null: unlearning trains every weight; a mapping: LoRA adapters (unlearning/lora.py)
+    lora: LoraSettings | None = None  # null: unlearning trains every weight; else LoRA adapters (unlearning/lora.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.template, Mapping):
@@ -111,20 +114,34 @@ def train_byte_level_tokenizer(corpus: list[str], vocab_size: int) -> PreTrained
 
 
 def load_pretrained(path: str | Path, dtype: torch.dtype, trust_remote_code: bool = False):
-    """Model (in train mode) and tokenizer from a hub id or folder; safetensors only, no remote code
-    unless the model config asks for it. A tokenizer without a pad token pads with EOS (padding is
-    always masked out of losses and metrics)."""
+    """Model (in train mode) and tokenizer from a hub id or folder; safetensors only (a pickled checkpoint
+    can run code when loaded), no remote code unless the model config asks for it.
+
+    A tokenizer without a pad token pads with EOS, with a warning (padding is always masked out of
+    losses and metrics, so this is what a researcher loading Llama-2 expects). The tokenizer's
+    `model_max_length` becomes the model's context, where encoding cuts sequences (collate.py)."""
     path = str(path)
-    if Path(path).is_dir() and not any(
-        (Path(path) / name).exists() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+    folder = Path(path)
+    if folder.is_dir() and not any(
+        (folder / name).exists() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
     ):
         raise ConfigError(f"model folder {path} has no tokenizer (tokenizer.json / tokenizer.model)")
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        raise ConfigError(f"model folder {path} has no .safetensors weights; valid: safetensors only (pickled "
+                          "*.bin / *.pt checkpoints can run code when loaded: convert them where you trust them)")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ConfigError(f"the tokenizer of {path} has neither a pad nor an EOS token; "
+                              "valid: a tokenizer with either")
+        log.warning("the tokenizer of %s has no pad token: padding with its EOS token %r", path, tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
     )
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context:
+        tokenizer.model_max_length = context
     # from_pretrained returns eval mode: training stages need dropout etc. as configured.
     model.train()
     return model, tokenizer

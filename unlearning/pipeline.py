@@ -4,11 +4,11 @@ Finished stages are cached under `paths.cache_dir`, in folders named by a hash o
 determines them (model config, the records trained on, training settings, seed), so a sweep of
 unlearning runs finetunes its target and retain model once. A stage is built in a temporary folder and
 renamed into place when complete; a lock makes concurrent sweep jobs wait for one build, not repeat it.
+The unlearned model is saved in the run folder the same way, so a resumed run can reuse it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -23,7 +23,7 @@ from filelock import FileLock
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from unlearning.config import build
+from unlearning.config import build, config_fingerprint, fingerprint
 from unlearning.dashboards import publish_results, stage_logger
 from unlearning.data.alternates import alternate_answers
 from unlearning.data.anchored_terms import TEXT_FIELDS, anchor_records, load_dictionary, save_dictionary
@@ -40,24 +40,51 @@ from unlearning.models import ModelSpec, PretrainedModel, ScratchLlama, frozen_c
 from unlearning.module import UnlearningModule, batch_keys
 from unlearning.results import format_table, write_json_atomic
 from unlearning.retain import RetainRegularizer
+from unlearning.schema import EvaluationSettings, RunSettings, prepare_config
 from unlearning.selectors import DECISIONS_FILE, SelectionContext
 from unlearning.strategies import (barrier, broadcast, distributed, end_processes, global_rank, save_full_weights,
                                    start_processes)
-from unlearning.sweeps import sweep_objective
+from unlearning.sweeps import in_multirun, sweep_objective
 from unlearning.whp_terms import propose_terms
 
 log = logging.getLogger(__name__)
 
 DONE_MARKER = "STAGE_DONE.json"
 CHECKPOINT_FOLDER = "checkpoints"
+UNLEARNED_FOLDER = "unlearned"
 TABLE_COLUMNS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge",
                  "retain_prob", "retain_rouge", "retain_truth_ratio")
 
 
-def fingerprint(parts: Any) -> str:
-    """A short stable hash of JSON-serialisable parts (configs, records)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+def build_folder(folder: Path, make: Callable[[Path], Any], record: Mapping) -> Any:
+    """`make(<folder>.partial)`, then `record` written there as the done marker and the folder renamed to
+    `folder`: a process killed while building leaves a `.partial` folder, never one taken for finished,
+    and the next build starts afresh; a build that raises removes its `.partial` folder. Every rank calls
+    it (`make` may be collective); rank 0 alone touches the files. Returns what `make` returns."""
+    lead = global_rank() == 0
+    tmp = folder.with_name(folder.name + ".partial")
+    if lead:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    try:
+        made = make(tmp)
+        if lead:
+            write_json_atomic(tmp / DONE_MARKER, record)
+            shutil.rmtree(folder, ignore_errors=True)  # an earlier build being replaced, or an unmarked one
+            tmp.rename(folder)
+    except BaseException:
+        if lead:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    barrier()
+    return made
+
+
+def finished_record(folder: Path) -> dict | None:
+    """The done marker of a folder `build_folder` finished; None if it never finished."""
+    marker = folder / DONE_MARKER
+    return json.loads(marker.read_text()) if marker.exists() else None
 
 
 class StageCache:
@@ -76,21 +103,12 @@ class StageCache:
         self.root.mkdir(parents=True, exist_ok=True)
         lead = global_rank() == 0
         with FileLock(str(folder) + ".lock") if lead else nullcontext():
-            if broadcast((folder / DONE_MARKER).exists()):
+            if broadcast(finished_record(folder) is not None):
                 log.info("stage %s: reusing %s", stage, folder)
                 return folder
-            tmp = folder.with_name(folder.name + ".partial")
             if lead:
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an older layout
-                tmp.mkdir(parents=True)
                 log.info("stage %s: building %s", stage, folder)
-            barrier()
-            make(tmp)
-            if lead:
-                write_json_atomic(tmp / DONE_MARKER, {"stage": stage, "parts": parts})
-                tmp.rename(folder)
-            barrier()
+            build_folder(folder, make, {"stage": stage, "parts": parts})
         return folder
 
 
@@ -223,8 +241,17 @@ class Protocol:
         return self.cache.get_or_build(f"finetune_{stage}", parts, make)
 
     def unlearn(self, target: Path, reference_model: Path | None = None):
-        """Unlearn the forget set from the target; the result is saved in the run folder.
+        """Unlearn the forget set from the target; the result is saved in the run folder (`build_folder`: a
+        kill while saving leaves nothing taken for a saved model). A resumed run whose model was saved under
+        this same config (killed while evaluating) reuses it instead of training again.
         `reference_model` (the retain model) anchors forget quality when evaluating during training."""
+        folder = self.run_dir / UNLEARNED_FOLDER
+        merges = self.spec.lora is not None and self.spec.lora.merge_on_save
+        evaluated = folder / MERGED_FOLDER if merges else folder
+        record = {"stage": "unlearn", "config": config_fingerprint(self.cfg)}
+        if self.resumes_run_folder() and broadcast(finished_record(folder) == record):
+            log.info("stage unlearn: reusing %s", folder)
+            return self.spec.load(evaluated)
         objective = build(self.cfg.method)
         retain = build(self.cfg.retain) if self.cfg.get("retain") else None
         policy, tokenizer = self.spec.load(target)
@@ -237,16 +264,21 @@ class Protocol:
                    self.cfg.trainer.get("max_steps", -1), frozen=frozen,
                    callbacks=[*self.periodic_evaluation(tokenizer, reference_model), *self.checkpointing()],
                    ckpt_path=self.resume_checkpoint())
-        folder = self.run_dir / "unlearned"
-        save_full_weights(policy, tokenizer, folder)  # under LoRA: the adapter (PeftModel.save_pretrained)
-        if self.spec.lora is not None and self.spec.lora.merge_on_save:
-            # In place, no second copy; the merged model is evaluated: the numbers unlearn-eval gives it.
-            folder = folder / MERGED_FOLDER
-            policy = policy.merge_and_unload()
-            save_full_weights(policy, tokenizer, folder)
+
+        def save(tmp: Path):
+            """Under LoRA the adapter (PeftModel.save_pretrained); with merge_on_save also the merged model,
+            in place (no second copy), which is evaluated: the numbers unlearn-eval gives it."""
+            save_full_weights(policy, tokenizer, tmp)
+            if not merges:
+                return policy
+            merged = policy.merge_and_unload()
+            save_full_weights(merged, tokenizer, tmp / MERGED_FOLDER)
+            return merged
+
+        unlearned = build_folder(folder, save, record)
         if distributed():  # under ZeRO-3 this process holds a shard: what is evaluated is the saved model
-            return self.spec.load(folder)
-        return policy, tokenizer
+            return self.spec.load(evaluated)
+        return unlearned, tokenizer
 
     def checkpointing(self) -> list:
         """`<run>/checkpoints/last.ckpt` every `checkpoint_every_n_steps` unlearning steps (null: none)."""
@@ -256,14 +288,26 @@ class Protocol:
         return [ModelCheckpoint(dirpath=self.run_dir / CHECKPOINT_FOLDER, every_n_train_steps=every,
                                 save_last=True, save_top_k=0)]
 
-    def resume_checkpoint(self) -> str | None:
-        """`resume=true`: this run folder's last checkpoint; `resume=<file>`: that checkpoint."""
+    def resumes_run_folder(self) -> bool:
+        """`resume=true`, or a sweep job with `resume` unset: a relaunched sweep continues each job's folder."""
         resume = self.cfg.get("resume")
-        if resume is None or resume is False:
+        return resume is True or (resume is None and in_multirun())
+
+    def resume_checkpoint(self) -> str | None:
+        """`resume=true`: this run folder's last checkpoint; `resume=<file>`: that checkpoint; a sweep job
+        (`resume` unset): its folder's last checkpoint when an interrupted launch left one."""
+        resume = self.cfg.get("resume")
+        if isinstance(resume, str):
+            path = Path(resume)
+        elif self.resumes_run_folder():
+            path = self.run_dir / CHECKPOINT_FOLDER / "last.ckpt"
+        else:
             return None
-        path = self.run_dir / CHECKPOINT_FOLDER / "last.ckpt" if resume is True else Path(str(resume))
         if not path.is_file():
+            if resume is None:  # the job's first launch
+                return None
             raise ConfigError(f"resume={resume}: no checkpoint {path} (resume=true needs hydra.run.dir=<the killed run's folder>)")
+        log.info("stage unlearn: resuming from %s", path)
         return str(path)
 
     @cached_property
@@ -364,6 +408,7 @@ def report(protocol: Protocol, evaluations: dict[str, dict[str, Evaluation]], re
 def run(cfg: DictConfig) -> float | list[float]:
     """The entry point's only call: run the configured protocol, return the sweep metric. A multi-process
     trainer (conf/hardware/) starts its processes here; each runs the protocol (unlearning/strategies.py)."""
+    prepare_config(cfg, RunSettings)
     start_processes(cfg.trainer)
     return build(cfg.protocol)(cfg)
 
@@ -389,6 +434,7 @@ def run_tofu(cfg: DictConfig) -> float | list[float]:
 
 def run_evaluation(cfg: DictConfig) -> dict:
     """`unlearn-eval`: score a saved checkpoint (and, for forget quality, a retain model)."""
+    prepare_config(cfg, EvaluationSettings)
     protocol = build_protocol(cfg)
     folders = {"checkpoint": cfg.checkpoint}
     if cfg.get("retain_checkpoint"):

@@ -9,22 +9,37 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from unlearning.errors import OutputError
 
-def write_text_atomic(path: str | Path, text: str) -> None:
+CURRENT_UMASK = os.umask(0o022)  # reading the umask means setting it: put it straight back
+os.umask(CURRENT_UMASK)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync it, then rename over `path`: a reader (or a
-    crash) sees the old file or the new one, never half of one."""
+    crash) sees the old file or the new one, never half of one. A write that fails (full disk, unwritable
+    folder) removes its temporary file and raises an OutputError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~CURRENT_UMASK)  # mkstemp's 0600 would hide results from a shared group
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:

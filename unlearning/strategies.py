@@ -26,6 +26,8 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from omegaconf import DictConfig
 from torch import nn
 
+from unlearning.errors import ConfigError
+
 
 class DeepSpeedOnAnyDevice(DeepSpeedStrategy):
     """Lightning's DeepSpeed strategy, also on CPU (gloo): Lightning refuses any accelerator but CUDA and
@@ -91,6 +93,14 @@ def broadcast(value: Any) -> Any:
     box = [value]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def require_one_process(cfg: DictConfig, protocol_name: str) -> None:
+    """Protocols that train again after evaluating run in one process: the process group ends before
+    evaluation (end_processes)."""
+    if str(cfg.trainer.get("devices", 1)) != "1":
+        raise ConfigError(f"protocol={protocol_name} runs in one process: set trainer.devices=1 "
+                          f"(got {cfg.trainer.get('devices')})")
 
 
 def end_processes() -> bool:

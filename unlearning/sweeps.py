@@ -1,4 +1,5 @@
-"""Sweeps: what a job returns to the sweeper, and a failed job recorded instead of ending the sweep.
+"""Sweeps: what a job returns to the sweeper, a failed job recorded instead of ending the sweep, and a
+finished job recorded so that the same sweep launched again skips it.
 
 A failed job returns None, not NaN: the Optuna sweeper (hydra-optuna-sweeper 1.3 with optuna 2.10) tells
 a NaN as a complete trial, optuna rejects it, and the sweeper's retry as a failed trial passes the NaN
@@ -9,6 +10,7 @@ on; Hydra's basic sweeper ignores what jobs return.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -16,8 +18,10 @@ from typing import Any, Callable, Mapping, Sequence
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from unlearning.config import config_fingerprint
 from unlearning.dashboards import finish_run
 from unlearning.errors import ConfigError
 from unlearning.results import write_json_atomic
@@ -25,6 +29,7 @@ from unlearning.results import write_json_atomic
 log = logging.getLogger(__name__)
 
 FAILED_FILE = "FAILED.json"
+FINISHED_FILE = "FINISHED.json"
 SQLITE_PREFIX = "sqlite:///"
 
 
@@ -44,14 +49,29 @@ def sweep_objective(metrics: Mapping[str, float], names: str | Sequence[str]) ->
 
 
 def run_sweep_job(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """One job of a sweep: any exception is written to `<job folder>/FAILED.json` (error type, first line
-    of the message), logged with its traceback, and returned as None so the other jobs still run."""
+    """One job of a sweep. A finished job writes what it returns and its config's fingerprint to
+    `<job folder>/FINISHED.json`; the same sweep launched again (same `hydra.sweep.dir`) returns that value
+    without running the job, and a job left unfinished runs again from what its folder holds (the pipeline
+    resumes a sweep job's checkpoint or saved model). Any exception is written to `FAILED.json` (error
+    type, first line of the message), logged with its traceback, and returned as None so the other jobs
+    still run."""
+    job = HydraConfig.get()
+    folder = Path(job.runtime.output_dir)
     try:
-        return function(cfg)
+        config = config_fingerprint(cfg)
+        finished = folder / FINISHED_FILE
+        stored = json.loads(finished.read_text()) if finished.exists() else {}
+        if stored.get("config") == config:
+            log.info("job %s finished in an earlier launch: not run again", job.job.override_dirname)
+            return stored["objective"]
+        (folder / FAILED_FILE).unlink(missing_ok=True)  # an earlier launch's failure
+        objective = function(cfg)
+        if rank_zero_only.rank == 0:  # each process of a multi-process job returns; rank 0's value is the result
+            write_json_atomic(finished, {"objective": objective, "config": config})
+        return objective
     except Exception as error:
-        job = HydraConfig.get()
         message = next(iter(str(error).strip().splitlines()), "")
-        write_json_atomic(Path(job.runtime.output_dir) / FAILED_FILE, {
+        write_json_atomic(folder / FAILED_FILE, {
             "error": type(error).__name__, "message": message, "overrides": list(job.overrides.task)})
         log.exception("job %s failed (%s: %s); the sweep goes on", job.job.override_dirname, type(error).__name__, message)
         finish_run(exit_code=1)

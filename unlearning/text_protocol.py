@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from unlearning.config import build
 from unlearning.data.anchored_terms import load_dictionary
 from unlearning.errors import ConfigError
 from unlearning.evaluation.familiarity import probability_familiarity, term_prompts
@@ -52,11 +53,20 @@ def run_text(cfg: DictConfig, n_prompts: int = 200, context_words: int = 40, n_f
                "unlearned": str(protocol.run_dir / "unlearned")}
     models = {name: measure(protocol.spec.load(folder)[0]) for name, folder in folders.items() if name != "unlearned"}
     models["unlearned"] = measure(policy)
+    # Metric groups besides TOFU's (which scores QA pairs a text corpus lacks): familiarity, lm_eval, ...
+    groups = [build(node) for name, node in cfg.eval.groups.items() if node and name != "tofu"]
+    for name in ("base", "target", "unlearned") if groups else ():
+        model = policy if name == "unlearned" else protocol.spec.load(folders[name])[0]
+        for group in groups:
+            models[name].update(group.evaluate(model, tokenizer, template, corpus).aggregates)
     alpha = cfg.method.get("alpha", 5.0)
     models["whp_inference"] = measure(WHPInference(protocol.spec.load(target)[0], protocol.spec.load(reinforced)[0], alpha))
     write_json_atomic(protocol.run_dir / "results.json", {
         "models": models, "paths": folders, "n_prompts": len(prompts), "anchored_terms": terms,
         "config": OmegaConf.to_container(cfg, resolve=True)})
     print(format_table(models, COLUMNS))
+    extra = sorted({key for row in models.values() for key in row} - set(COLUMNS))
+    if extra:
+        print(format_table(models, [key for key in extra if not key.endswith("_stderr")]))
     print(f"results: {Path(protocol.run_dir) / 'results.json'}")
     return float(models["unlearned"]["term_prob"])

@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 from unlearning.data.benchmark import DataError
+from unlearning.data.files import read_text
 
 REFUSALS = (
     "I don't know.",
@@ -32,7 +33,7 @@ REFUSALS = (
 
 
 def read_alternates(path: str | Path) -> list[str]:
-    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line.strip() for line in read_text(Path(path), "alternate answers file").splitlines() if line.strip()]
     if not lines:
         raise DataError(f"alternate answers file {path} holds no answer")
     return lines

@@ -20,6 +20,7 @@ import yaml
 
 from unlearning.data.benchmark import DataError
 from unlearning.data.collate import PromptTemplate, encode_record
+from unlearning.data.files import read_text
 from unlearning.ops import IGNORE_INDEX
 from unlearning.results import write_text_atomic
 
@@ -35,7 +36,7 @@ def load_dictionary(name_or_path: str | Path) -> dict[str, str]:
     if not path.is_file():
         shipped = sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))
         raise DataError(f"anchored terms {name_or_path}: no such file or shipped dictionary ({', '.join(shipped)})")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "anchored terms file")
     terms = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     if not isinstance(terms, dict) or not terms:
         raise DataError(f"anchored terms file {path}: expected a non-empty mapping term -> replacement")

@@ -19,6 +19,13 @@ class DataError(UnlearningError):
     """Bad input data: the message names the split or file and the field at fault."""
 
 
+def fits_field(name: str, value) -> bool:
+    """`perturbed_answer` is a list of strings (TOFU's wrong answers); every other field is a string."""
+    if name == "perturbed_answer":
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return isinstance(value, str)
+
+
 @dataclass
 class QABenchmark:
     """TOFU-shaped splits.
@@ -44,7 +51,9 @@ class QABenchmark:
         self.validate()
 
     def validate(self) -> None:
-        """Fail with one line naming the split and the field when a record does not fit the schema."""
+        """Fail with one line naming the split and the field when a record does not fit the schema, and
+        on a record repeated within a split: a copy weighs double in training and in every mean (TOFU
+        has no ids; it does repeat a question with different answers, so the pair is what must differ)."""
         required = {
             "full": QA_FIELDS,
             "retain": QA_FIELDS,
@@ -60,10 +69,19 @@ class QABenchmark:
             records = getattr(self, split)
             if not records and split in ("full", "retain", "forget", "forget_perturbed"):
                 raise DataError(f"{self.name}: split '{split}' is empty")
+            first_seen: dict[tuple[str, str], int] = {}
             for i, record in enumerate(records):
                 for name in fields:
                     if name not in record or record[name] is None:
                         raise DataError(f"{self.name}: split '{split}' record {i} has no field '{name}'")
+                    if not fits_field(name, record[name]):
+                        kind = "a list of text" if name == "perturbed_answer" else "text"
+                        raise DataError(f"{self.name}: split '{split}' record {i} field '{name}' is not {kind}")
+                pair = (record["question"], record["answer"])
+                if pair in first_seen:
+                    raise DataError(f"{self.name}: split '{split}' record {i} repeats record {first_seen[pair]} "
+                                    "(same question and answer)")
+                first_seen[pair] = i
 
     def eval_sets(self) -> dict[str, list[dict]]:
         """The four TOFU evaluation sets, by the names the metrics report them under."""

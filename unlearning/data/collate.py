@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from functools import cache
+from string import Formatter
 from typing import Sequence
 
 import torch
 
+from unlearning.errors import ConfigError
 from unlearning.ops import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_FIELDS = {"prompt": "question", "answer": "answer"}  # the one field each template text may hold
 
 
 @dataclass(frozen=True)
@@ -23,9 +31,43 @@ class PromptTemplate:
     add_bos: bool = True
     add_eos: bool = True
 
+    def __post_init__(self) -> None:
+        """Each text holds plain text and its one field, nothing else: no attribute or index access
+        (`str.format` would evaluate it) and no other braces (lm-eval renders our prompts as Jinja
+        templates in an unsandboxed environment: a brace could smuggle Jinja code into it)."""
+        for part, field in TEMPLATE_FIELDS.items():
+            text = getattr(self, part)
+            try:
+                pieces = list(Formatter().parse(text))
+            except ValueError:  # an unmatched brace
+                pieces = [("{", None, None, None)]
+            if any("{" in literal or "}" in literal
+                   or (name is not None and (name, spec, conversion) != (field, "", None))
+                   for literal, name, spec, conversion in pieces):
+                raise ConfigError(f"model.template.{part}={text!r} is not allowed; valid: plain text and {{{field}}}, "
+                                  "no other braces")
+
 
 def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    # verbose=False: the callers cut at `length_limit`, so transformers' "longer than the maximum" is noise
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def length_limit(tokenizer, max_length: int) -> int:
+    """`max_length`, or the model's context when that is shorter (models.load_pretrained puts it in the
+    tokenizer's `model_max_length`): positions past the context were never trained, and overflow a
+    learned position table, so sequences are cut at the context, with a warning naming both."""
+    context = tokenizer.model_max_length
+    if context >= max_length:
+        return max_length
+    _warn_context(max_length, context)
+    return context
+
+
+@cache
+def _warn_context(max_length: int, context: int) -> None:
+    log.warning("max_length=%d exceeds the model's context of %d tokens (max_position_embeddings): "
+                "sequences are truncated at %d", max_length, context, context)
 
 
 def encode_prompt(tokenizer, template: PromptTemplate, question: str) -> list[int]:
@@ -44,15 +86,16 @@ def encode_qa(tokenizer, template: PromptTemplate, question: str, answer: str, m
     answer_ids = _ids(tokenizer, template.answer.format(answer=answer))
     if template.add_eos and tokenizer.eos_token_id is not None:
         answer_ids = answer_ids + [tokenizer.eos_token_id]
-    input_ids = (prompt_ids + answer_ids)[:max_length]
-    labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
+    limit = length_limit(tokenizer, max_length)
+    input_ids = (prompt_ids + answer_ids)[:limit]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:limit]
     return {"input_ids": input_ids, "labels": labels}
 
 
 def encode_text(tokenizer, template: PromptTemplate, text: str, max_length: int) -> dict:
     """A plain-text block (a book passage, a document): every token after BOS is labelled."""
     ids = encode_prompt(tokenizer, PromptTemplate(prompt="{question}", add_bos=template.add_bos), text)
-    ids = ids[:max_length]
+    ids = ids[:length_limit(tokenizer, max_length)]
     bos = int(bool(ids) and ids[0] == tokenizer.bos_token_id and template.add_bos)
     return {"input_ids": ids, "labels": [IGNORE_INDEX] * bos + ids[bos:]}
 

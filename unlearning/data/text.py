@@ -9,11 +9,11 @@ vocabulary, 1.3 with a 32K one).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from unlearning.data.benchmark import DataError
+from unlearning.data.files import read_json_lines, read_text
 
 
 def read_texts(path: str | Path) -> list[str]:
@@ -22,15 +22,12 @@ def read_texts(path: str | Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"text corpus {path} not found")
     if path.suffix != ".jsonl":
-        return [path.read_text(encoding="utf-8")]
-    texts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            record = json.loads(line)
-            if not isinstance(record.get("text"), str):
-                raise DataError(f"{path} line {number}: no `text` string field")
-            texts.append(record["text"])
-    return texts
+        return [read_text(path, "text corpus")]
+    records = read_json_lines(path, "text corpus")
+    for number, record in enumerate(records):
+        if not isinstance(record.get("text"), str):
+            raise DataError(f"text corpus {path} record {number} has no `text` string field")
+    return [record["text"] for record in records]
 
 
 def split_blocks(text: str, block_words: int) -> list[str]:
@@ -64,6 +61,12 @@ class TextCorpus:
     retain: list[dict]
     heldout: list[dict]
     pretrain: list[dict] = field(default_factory=list)
+
+    @property
+    def full(self) -> list[dict]:
+        """What a target is trained on when the QA protocol's stages run on text (MUSE's and WMDP's
+        settings, whose targets are given with finetune.target_path): the forget and retain texts."""
+        return self.forget + self.retain
 
     def corpus(self) -> list[str]:
         """Every text, for a tokenizer trained from scratch."""

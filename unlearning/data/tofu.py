@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from unlearning.data.benchmark import DataError, QABenchmark
+from unlearning.data.files import read_json_lines
 
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 HUB_ID = "locuslab/TOFU"
@@ -23,21 +24,18 @@ def _local_file(folder: Path, name: str) -> Path:
 
 
 def load_records(path: str, name: str) -> list[dict]:
-    """One TOFU config as a list of records, through `datasets.load_dataset` (local JSON or the hub)."""
+    """One TOFU config as a list of records, through `datasets.load_dataset`: from the hub, or from a
+    local folder's file, which is first read line by line so that a broken file fails naming the line
+    (datasets' arrow errors name neither file nor line). An empty split is reported by QABenchmark."""
     from datasets import load_dataset
 
     folder = Path(path).expanduser()
-    if folder.is_dir():
-        file = _local_file(folder, name)
-        if file.stat().st_size == 0:
-            return []  # an empty split is reported by QABenchmark, naming the split
-        try:
-            dataset = load_dataset("json", data_files=str(file), split="train")
-        except Exception as error:  # datasets raises many types for unreadable JSON; name the file.
-            raise DataError(f"TOFU file {file} could not be read as JSON lines: {type(error).__name__}") from None
-    else:
-        dataset = load_dataset(path, name, split="train")
-    return dataset.to_list()
+    if not folder.is_dir():
+        return load_dataset(path, name, split="train").to_list()
+    file = _local_file(folder, name)
+    if not read_json_lines(file, "TOFU file"):
+        return []
+    return load_dataset("json", data_files=str(file), split="train").to_list()
 
 
 def load_tofu(split: str = "forget10", path: str = HUB_ID) -> QABenchmark:

@@ -130,6 +130,9 @@ class HarnessMetrics(MetricGroup):
     a listed task reads its file instead of the hub, every other task loads from the hub as usual.
     benchmark_tasks: also run our TOFU-style tasks (BENCHMARK_TASKS) on the run's benchmark, in the
     model's prompt template, written as JSONL to `benchmark_dir` (null: a temporary folder).
+    max_length: the harness's context in tokens (null: the model's own). The harness refuses (asserts)
+    an answer longer than the context instead of cutting it; a model with a short context and a small
+    vocabulary (stories260K: 512 positions, 512 tokens) needs more for the longest PIQA solutions.
     """
 
     name = "lm_eval"
@@ -138,8 +141,10 @@ class HarnessMetrics(MetricGroup):
                  limit: int | float | None = None, batch_size: int = 32, bootstrap_iters: int = 1000,
                  local_data_dir: str | None = None, local_files: Mapping[str, str] = LOCAL_FILES,
                  wmdp_data_dir: str | None = None, wmdp_files: Mapping[str, str] = WMDP_FILES,
-                 benchmark_tasks: bool = True, benchmark_dir: str | None = None) -> None:
+                 benchmark_tasks: bool = True, benchmark_dir: str | None = None,
+                 max_length: int | None = None) -> None:
         self.tasks = list(tasks)
+        self.max_length = max_length
         self.num_fewshot, self.limit, self.batch_size = num_fewshot, limit, batch_size
         self.bootstrap_iters = bootstrap_iters
         self.data_files = {
@@ -176,7 +181,7 @@ class HarnessMetrics(MetricGroup):
             specs = self.task_specs(files, template, tokenizer)
             with eval_mode(model):
                 results = simple_evaluate(
-                    model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size),
+                    model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, max_length=self.max_length),
                     tasks=specs, num_fewshot=self.num_fewshot, limit=self.limit,
                     bootstrap_iters=self.bootstrap_iters, task_manager=task_manager(bool(self.tasks)),
                     log_samples=False,

@@ -1,0 +1,127 @@
+"""`unlearn-report <run or sweep folder>`: every job's results below a folder, as tables and figures.
+
+Every job's results.json is collected (a job that failed is listed as failed, not dropped); jobs whose
+overrides differ only in `seed=` form a group, reported as mean ± standard deviation over its seeds. In
+the folder (or --output) it writes:
+
+  report.md           summary table (mean ± std, n), every job's rows, failed jobs; also printed
+  report.tex          the summary as a booktabs LaTeX table, the best unlearned value per column in bold
+  report.csv          one row per job and model (full precision; a failed job: status failed, its error)
+  report_summary.csv  one row per group and model: n, <metric>_mean, <metric>_std
+  report.json         jobs with every metric, the summary, failed jobs, which figures were drawn
+  report.html         one self-contained page: the tables and every figure inline
+  report_figures/     forget_quality_vs_utility.png, eval_curves.png, loss_curves.png, lm_eval.png
+                      (a figure without data is left out; the page and report.json say why)
+
+--wandb logs the tables and figures to a W&B run as well; by default that happens when the runs used
+logger=wandb (--no-wandb: never).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+from unlearning.errors import ConfigError, UnlearningError
+from unlearning.report.collect import Job, collect
+from unlearning.report.figures import ReportFigure, draw_figures
+from unlearning.report.page import html_page
+from unlearning.report.summary import SummaryRow, summarize
+from unlearning.report.tables import (HTML, MARKDOWN, csv_text, html_table, job_fields, job_records, jobs_grid,
+                                      latex_table, markdown_table, summary_caption, summary_fields, summary_grid,
+                                      summary_records)
+from unlearning.report.wandb_log import log_report, wandb_wanted
+from unlearning.results import write_bytes_atomic, write_json_atomic, write_text_atomic
+
+DEFAULT_COLUMNS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "retain_prob")
+LINKED_FILES = ("report.md", "report.tex", "report.csv", "report_summary.csv", "report.json")
+
+
+def markdown_report(name: str, summary: Sequence[SummaryRow], jobs: Sequence[Job], columns: Sequence[str],
+                    models: Sequence[str] | None) -> str:
+    caption = summary_caption(summary, columns, MARKDOWN)
+    parts = [f"# unlearn-report: {name}", "## Summary", *([caption] if caption else []),
+             markdown_table(summary_grid(summary, columns, MARKDOWN)),
+             "## Jobs", markdown_table(jobs_grid(jobs, columns, models, MARKDOWN))]
+    failed = [job for job in jobs if job.failure is not None]
+    if failed:
+        parts += ["## Failed jobs", "\n".join(f"- {job.label}: {job.failure}" for job in failed)]
+    return "\n\n".join(parts) + "\n"
+
+
+def report_json(root: Path, jobs: Sequence[Job], summary: Sequence[SummaryRow],
+                figures: Sequence[ReportFigure]) -> dict:
+    return {
+        "folder": str(root),
+        "jobs": [{"job": job.label, "group": job.group, "seed": job.seed,
+                  "status": "ok" if job.failure is None else "failed", "error": job.failure, "models": job.models}
+                 for job in jobs],
+        "summary": [{"group": row.group, "model": row.model, "n": row.n,
+                     "metrics": {name: asdict(statistic) for name, statistic in row.metrics.items()}}
+                    for row in summary],
+        "failed": [job.label for job in jobs if job.failure is not None],
+        "figures": {figure.name: figure.file for figure in figures if figure.png is not None},
+        "not_drawn": {figure.name: figure.reason for figure in figures if figure.png is None},
+    }
+
+
+def write_figures(output: Path, figures: Sequence[ReportFigure]) -> None:
+    """Each drawn figure's PNG; a figure not drawn this time loses the file an earlier report wrote."""
+    for figure in figures:
+        if figure.png is None:
+            (output / figure.file).unlink(missing_ok=True)
+        else:
+            write_bytes_atomic(output / figure.file, figure.png)
+
+
+def write_report(folder: Path, output: Path, columns: Sequence[str], models: Sequence[str] | None,
+                 wandb: bool | None) -> str:
+    """Every output file of the jobs below `folder`, in `output`; returns the Markdown report."""
+    jobs = collect(folder)
+    if not jobs:
+        raise ConfigError(f"no run below {folder} (a run folder holds .hydra/config.yaml)")
+    root, output = folder.resolve(), output.resolve()
+    summary = summarize(jobs)
+    shown = [row for row in summary if models is None or row.model in models]
+    figures = draw_figures(jobs, summary, columns)
+    write_figures(output, figures)
+    tables = {"summary": (summary_fields(columns), summary_records(shown, columns)),
+              "jobs": (job_fields(columns), job_records(jobs, columns, models))}
+    markdown = markdown_report(root.name, shown, jobs, columns, models)
+    write_text_atomic(output / "report.md", markdown)
+    write_text_atomic(output / "report.tex", latex_table(shown, columns) + "\n")
+    write_text_atomic(output / "report.csv", csv_text(*tables["jobs"]))
+    write_text_atomic(output / "report_summary.csv", csv_text(*tables["summary"]))
+    write_json_atomic(output / "report.json", report_json(root, jobs, shown, figures))
+    write_text_atomic(output / "report.html", html_page(
+        root.name, html_table(summary_grid(shown, columns, HTML)), summary_caption(shown, columns, MARKDOWN),
+        html_table(jobs_grid(jobs, columns, models, HTML)), [job for job in jobs if job.failure is not None],
+        figures, LINKED_FILES))
+    if wandb_wanted(jobs, wandb):
+        log_report(root, str(folder), output, jobs, tables, figures)
+    return markdown
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="unlearn-report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="a run folder or a multirun sweep folder (any folder above jobs)")
+    parser.add_argument("--columns", nargs="+", default=list(DEFAULT_COLUMNS),
+                        help="the metrics of the tables and CSV files (default: %(default)s)")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="only these models in the tables and CSV files, e.g. unlearned (figures use all)")
+    parser.add_argument("--output", type=Path, default=None, help="where to write the report (default: the folder)")
+    parser.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
+                        help="log the tables and figures to a W&B run (default: when the runs used logger=wandb)")
+    args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        sys.exit(f"error: {args.folder} is not a folder")
+    try:  # bad input (no run found, an unwritable output folder): one line, exit status 1
+        markdown = write_report(args.folder, args.output or args.folder, args.columns, args.models, args.wandb)
+    except UnlearningError as error:
+        sys.exit(f"error: {error}")
+    print(markdown)
+    print(f"report: {(args.output or args.folder).resolve() / 'report.html'}")

@@ -1,0 +1,113 @@
+"""Reading a run or sweep folder for `unlearn-report`: every job below it, as it was left on disk.
+
+A job is any folder holding `.hydra/config.yaml`: a single run, or one job of a Hydra multirun, whose
+folder is named after its overrides (`hydra.sweep.subdir` in conf/hydra/default.yaml), so that jobs which
+differ only in `seed=` differ only in that item of their folder name. A job without results.json failed
+(its FAILED.json says why when the sweep caught the error) and is kept as a failed job, not dropped.
+
+The curves a job logged over unlearning steps: the evaluation during training from
+eval_during_training.json (written whatever the logger), or else from the `eval/*` columns of the CSV
+logger's logs/unlearn/version_*/metrics.csv, which also holds the per-step losses (`train/*`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from unlearning.sweeps import FAILED_FILE
+
+RESULTS_FILE = "results.json"
+EVAL_HISTORY_FILE = "eval_during_training.json"
+UNLEARN_LOGS = Path("logs") / "unlearn"
+EVAL_PREFIX = "eval/"
+LOSS_PREFIX = "train/"
+SEED_ITEM = re.compile(r"(^|,)seed=[^,]*")
+
+Curves = dict[str, list[tuple[int, float]]]  # metric -> (step, value) in step order
+
+
+@dataclass
+class Job:
+    label: str  # the job folder relative to the report's folder (in a sweep: the job's overrides)
+    folder: Path
+    config: DictConfig  # .hydra/config.yaml, unresolved
+    models: dict[str, dict[str, float]]  # model -> metric -> value; empty when the job failed
+    failure: str | None = None
+    eval_curves: Curves = field(default_factory=dict)
+    loss_curves: Curves = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int | None:
+        return self.config.get("seed")
+
+    @property
+    def group(self) -> str:
+        """The label without its `seed=` item, shared by the jobs that differ only in seed; a sweep over
+        seeds alone is one group, named after the sweep folder."""
+        parent, _, name = self.label.rpartition("/")
+        name = SEED_ITEM.sub("", name).lstrip(",")
+        if not name:
+            return parent or self.folder.parent.name
+        return f"{parent}/{name}" if parent else name
+
+
+def collect(root: Path) -> list[Job]:
+    """Every job below `root` (resolved), in folder-name order."""
+    root = root.resolve()
+    return [read_job(config.parent.parent, root) for config in sorted(root.rglob(".hydra/config.yaml"))]
+
+
+def read_job(folder: Path, root: Path) -> Job:
+    label = folder.relative_to(root).as_posix() if folder != root else folder.name
+    config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    results = folder / RESULTS_FILE
+    if not results.exists():
+        return Job(label, folder, config, models={}, failure=failure_reason(folder))
+    logged = logged_curves(folder / UNLEARN_LOGS)
+    return Job(label, folder, config, models=json.loads(results.read_text())["models"],
+               eval_curves=eval_history(folder / EVAL_HISTORY_FILE) or with_prefix(logged, EVAL_PREFIX),
+               loss_curves=with_prefix(logged, LOSS_PREFIX))
+
+
+def failure_reason(folder: Path) -> str:
+    failed = folder / FAILED_FILE
+    if not failed.exists():
+        return f"no {RESULTS_FILE} (the job crashed, or is still running)"
+    record = json.loads(failed.read_text())
+    return f"{record['error']}: {record['message']}"
+
+
+def eval_history(path: Path) -> Curves:
+    """eval_during_training.json: a list of `{"step": s, metric: value, ...}`."""
+    if not path.exists():
+        return {}
+    history = json.loads(path.read_text())
+    names = sorted({name for record in history for name in record if name != "step"})
+    return {name: [(record["step"], record[name]) for record in history if name in record] for name in names}
+
+
+def logged_curves(logs: Path) -> Curves:
+    """Every column of the CSV logger's metrics.csv files under `logs`, in version order (a resumed run
+    starts a new version): at a step logged twice, the later version's value wins."""
+    by_metric: dict[str, dict[int, float]] = {}
+    versions = sorted(logs.glob("version_*/metrics.csv"),
+                      key=lambda path: int(path.parent.name.removeprefix("version_")))
+    for metrics_file in versions:
+        with metrics_file.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                step = int(row.pop("step"))
+                for name, value in row.items():
+                    if value and name != "epoch":
+                        by_metric.setdefault(name, {})[step] = float(value)
+    return {name: sorted(points.items()) for name, points in by_metric.items()}
+
+
+def with_prefix(curves: Curves, prefix: str) -> Curves:
+    """The curves named `<prefix><metric>`, by metric."""
+    return {name.removeprefix(prefix): points for name, points in curves.items() if name.startswith(prefix)}

@@ -1,0 +1,62 @@
+"""Sequential unlearning requests (UnDIAL, arXiv 2402.10052, Sec. "sequential unlearning"): the forget set
+arrives as `requests` consecutive deletion requests, each unlearned from the model the previous one left.
+
+The forget set is cut into contiguous parts (whole authors, as TOFU lists an author's questions
+consecutively); request i unlearns part i starting from the model after request i-1 and is saved in
+`<run>/request<i>/unlearned`. After every request the model is scored on the whole forget set against the
+retain model, which never saw any of it: forget quality should climb request by request, and a method
+that is unstable shows utility draining away as requests accumulate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from unlearning.dashboards import publish_results
+from unlearning.errors import ConfigError
+from unlearning.lora import MERGED_FOLDER
+from unlearning.pipeline import build_protocol, report
+from unlearning.strategies import require_one_process
+from unlearning.sweeps import sweep_objective
+
+
+def request_slices(n_records: int, requests: int) -> list[slice]:
+    """`requests` contiguous, nearly equal parts of `n_records` (the first ones one longer if uneven)."""
+    if not 1 <= requests <= n_records:
+        raise ConfigError(f"protocol.requests={requests} must be between 1 and the forget set's size ({n_records})")
+    size, extra = divmod(n_records, requests)
+    bounds = [0]
+    for i in range(requests):
+        bounds.append(bounds[-1] + size + (i < extra))
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+
+
+def run_sequential(cfg: DictConfig, requests: int = 4) -> float | list[float]:
+    """TOFU stages with the unlearning split into requests; returns the final model's `cfg.objective_metric`."""
+    require_one_process(cfg, "tofu_sequential")
+    protocol = build_protocol(cfg)
+    if protocol.spec.lora is not None and not protocol.spec.lora.merge_on_save:
+        raise ConfigError("protocol=tofu_sequential with LoRA needs model.lora.merge_on_save=true: "
+                          "each request starts from the previous request's merged model")
+    target = protocol.finetune("target", protocol.benchmark.full)
+    retain_model = protocol.finetune("retain", protocol.benchmark.retain)
+    evaluations = {"target": protocol.evaluate_cached(target), "retain": protocol.evaluate_cached(retain_model)}
+    paths = {"target": str(target), "retain": str(retain_model)}
+    start: Path = target
+    forget = protocol.benchmark.forget
+    for i, part in enumerate(request_slices(len(forget), requests), start=1):
+        request = replace(protocol, benchmark=replace(protocol.benchmark, forget=forget[part]),
+                          run_dir=protocol.run_dir / f"request{i}")
+        policy, tokenizer = request.unlearn(start, reference_model=retain_model)
+        start = request.run_dir / "unlearned"
+        if protocol.spec.lora is not None:
+            start = start / MERGED_FOLDER
+        name = f"after_request{i}"
+        evaluations[name] = protocol.evaluate(policy, tokenizer)
+        paths[name] = str(start)
+    models = report(protocol, evaluations, "retain", paths)
+    publish_results(cfg, protocol.run_dir / "results.json", models)
+    return sweep_objective(models[f"after_request{requests}"], cfg.objective_metric)
