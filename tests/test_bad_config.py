@@ -20,7 +20,7 @@ from unlearning import models
 from unlearning.cli import CONFIG_DIR
 from unlearning.errors import ConfigError
 from unlearning.pipeline import run, run_evaluation
-from unlearning.schema import RunSettings, prepare_config
+from unlearning.schema import EvaluationSettings, RunSettings, prepare_config
 
 SOURCE = Path(models.__file__).parent
 SECRET = "sentinel-secret-0123456789"  # what a test puts in WANDB_API_KEY / HF_TOKEN
@@ -83,6 +83,18 @@ def test_bad_evaluation_config_fails_at_startup(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=f"^{message}$"):
         run_evaluation(cfg)
     assert_nothing_written(tmp_path)
+
+
+def test_evaluation_takes_an_experiment_and_ignores_its_training_keys(tmp_path):
+    """`unlearn-eval experiment=tofu_stories260K` sets finetune.* too: accepted; a misspelling is not."""
+    cfg = compose_config(["experiment=tofu_stories260K", "checkpoint=some/folder"], config_name="evaluate",
+                         run_dir=tmp_path / "run")
+    assert cfg.finetune.epochs == 3
+    prepare_config(cfg, EvaluationSettings)
+    cfg = compose_config(["experiment=tofu_stories260K", "checkpoint=some/folder", "+finetunes.epochs=3"],
+                         config_name="evaluate", run_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"^finetunes is not a key of the config; valid: seed, max_length, "):
+        prepare_config(cfg, EvaluationSettings)
 
 
 def test_secret_in_the_config_is_refused(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from unlearning.pipeline import CHECKPOINT_FOLDER, DONE_MARKER, UNLEARNED_FOLDER
-from unlearning.sweeps import FINISHED_FILE
+from unlearning.results import FINISHED_FILE
 
 FAST = ["trainer.max_steps=4", "eval.groups.tofu.max_examples=8", "~lm_eval"]
 CHECKPOINTED = [*FAST, "checkpoint_every_n_steps=2"]

@@ -12,17 +12,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from wandb.proto import wandb_internal_pb2
 
 from unlearning.cli import CONFIG_DIR
 from unlearning.data.benchmark import DataError
 from unlearning.errors import ConfigError
-from unlearning.sweeps import FAILED_FILE, run_sweep_job, sweep_objective
+from unlearning.results import FAILED_FILE
+from unlearning.sweeps import GridSamplerStopsQuietly, run_sweep_job, sweep_objective
 
 SHORT = ["trainer.max_steps=3", "eval.groups.tofu.max_examples=20", "eval.groups.lm_eval.limit=5", "finetune.epochs=2",
          "finetune.max_steps=10"]
@@ -71,6 +73,24 @@ def unlearn(*overrides: str, env: dict | None = None) -> subprocess.CompletedPro
                             capture_output=True, text=True, timeout=1200, env={**os.environ, **(env or {})})
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def test_grid_sweep_whose_last_trial_failed_ends_normally(monkeypatch):
+    """Hydra's Optuna sweeper tells a failed trial outside its guard; the grid sampler then stops the study
+    from `after_trial`, which raised after the last grid point. The sweep's callback makes that stop quiet."""
+    monkeypatch.setattr(optuna.samplers.GridSampler, "after_trial", optuna.samplers.GridSampler.after_trial)
+
+    def failed_last_trial() -> optuna.Study:
+        study = optuna.create_study(sampler=optuna.samplers.GridSampler({"data.split": ["forget10"]}))
+        study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+        return study
+
+    with pytest.raises(RuntimeError, match="Study.stop"):
+        failed_last_trial()
+    sweep = OmegaConf.create({"hydra": {"sweeper": {
+        "_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}}})
+    GridSamplerStopsQuietly().on_multirun_start(sweep)
+    assert [trial.state.name for trial in failed_last_trial().trials] == ["FAIL"]
 
 
 def job_folders(sweep_dir: Path) -> dict[str, Path]:

@@ -11,6 +11,10 @@ from typing import Any, Mapping, Sequence
 
 from unlearning.errors import OutputError
 
+# A sweep job's folder records how its last launch ended: the report reads them, a relaunch skips finished jobs.
+FAILED_FILE = "FAILED.json"
+FINISHED_FILE = "FINISHED.json"
+
 CURRENT_UMASK = os.umask(0o022)  # reading the umask means setting it: put it straight back
 os.umask(CURRENT_UMASK)
 

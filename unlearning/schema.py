@@ -175,6 +175,11 @@ class EvaluationSettings(CommonSettings):
     retain_checkpoint: str | None = None
 
 
+# Keys only `unlearn` reads (finetune, trainer, method, ...): unlearn-eval ignores them.
+TRAINING_KEYS = frozenset(field.name for field in dataclasses.fields(RunSettings)) - frozenset(
+    field.name for field in dataclasses.fields(CommonSettings))
+
+
 def prepare_config(cfg: DictConfig, schema: type) -> None:
     """Check `cfg` against `schema` (RunSettings or EvaluationSettings) and refuse secrets in it, then
     take its relative output paths inside the run folder, so that a run writes nowhere else besides the
@@ -185,8 +190,10 @@ def prepare_config(cfg: DictConfig, schema: type) -> None:
         raise ConfigError(f"{error.full_key} is missing; valid: any value, given as {error.full_key}=...") from None
     except OmegaConfBaseException as error:
         raise ConfigError(f"{error.full_key} cannot be resolved: {str(error).splitlines()[0]}") from None
-    check_fields("", resolved, schema)
     refuse_secrets(resolved)
+    if schema is EvaluationSettings:  # `unlearn-eval experiment=<name>` composes the experiment's training
+        resolved = {name: value for name, value in resolved.items() if name not in TRAINING_KEYS}  # keys too
+    check_fields("", resolved, schema)
     run_dir = Path(cfg.paths.run_dir)
     for key in OUTPUT_PATHS:
         path = OmegaConf.select(cfg, key)

@@ -24,12 +24,10 @@ from omegaconf import DictConfig
 from unlearning.config import config_fingerprint
 from unlearning.dashboards import finish_run
 from unlearning.errors import ConfigError
-from unlearning.results import write_json_atomic
+from unlearning.results import FAILED_FILE, FINISHED_FILE, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-FAILED_FILE = "FAILED.json"
-FINISHED_FILE = "FINISHED.json"
 SQLITE_PREFIX = "sqlite:///"
 
 
@@ -86,3 +84,29 @@ class SqliteStorageFolder(Callback):
         storage = config.hydra.sweeper.get("storage")
         if isinstance(storage, str) and storage.startswith(SQLITE_PREFIX):
             Path(storage[len(SQLITE_PREFIX):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+class GridSamplerStopsQuietly(Callback):
+    """Lets a grid sweep whose last job failed end normally. Hydra's Optuna sweeper tells the study each
+    result itself (ask-and-tell); after the last grid point Optuna's GridSampler calls `study.stop()`,
+    which raises outside `study.optimize()` (optuna#5141). The sweeper forgives that for a completed trial
+    but not for a failed one, so the sweep crashed after every job had run, without its
+    optimization_results.yaml. Stopping is moot there (the sweeper's trial count is the grid's size), so
+    the grid sampler's `after_trial` ignores exactly that error."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if "optuna" not in str(config.hydra.sweeper.get("_target_", "")):
+            return
+        from optuna.samplers import GridSampler
+        if getattr(GridSampler.after_trial, "stops_quietly", False):
+            return
+        after_trial = GridSampler.after_trial
+
+        def after_trial_outside_optimize(sampler, study, trial, state, values) -> None:
+            try:
+                after_trial(sampler, study, trial, state, values)
+            except RuntimeError as error:
+                if "Study.stop" not in str(error):
+                    raise
+        after_trial_outside_optimize.stops_quietly = True
+        GridSampler.after_trial = after_trial_outside_optimize

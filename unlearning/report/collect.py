@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from unlearning.sweeps import FAILED_FILE
+from unlearning.results import FAILED_FILE
 
 RESULTS_FILE = "results.json"
 EVAL_HISTORY_FILE = "eval_during_training.json"
