@@ -46,12 +46,13 @@ FAILURE = {"error": "DataError", "message": "synthetic benchmark: unknown split 
 
 
 def fake_job(folder: Path, seed: int = 0, models: dict | None = None, failure: dict | None = None,
-             logger: str = CSV_LOGGER) -> None:
+             logger: str = CSV_LOGGER, columns: list[str] | None = None) -> None:
     """A job folder as a run leaves it: results.json when it finished, FAILED.json when the sweep caught
     its error."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "config.yaml").write_text(
-        f"seed: {seed}\nlogger:\n  _target_: {logger}\n  save_dir: ${{paths.run_dir}}/logs\n")
+        f"seed: {seed}\nlogger:\n  _target_: {logger}\n  save_dir: ${{paths.run_dir}}/logs\n"
+        + (f"report:\n  columns: {json.dumps(columns)}\n" if columns else ""))
     if models is not None:
         (folder / "results.json").write_text(json.dumps({
             "models": models, "paths": {name: str(folder / name) for name in models},
@@ -193,6 +194,17 @@ def test_a_figure_without_data_is_left_out_with_a_note(tmp_path, capsys):
     assert "Not drawn: lm-eval accuracies before (target) and after unlearning: no lm-eval accuracy" in page
     assert set(json.loads((tmp_path / "report.json").read_text())["not_drawn"]) == {"eval_curves", "loss_curves",
                                                                                    "lm_eval"}
+
+
+def test_tables_show_the_columns_the_experiment_names(tmp_path, capsys):
+    """An experiment's `report.columns` (here WHP's) are the tables' columns unless --columns is given."""
+    whp = {"familiarity_term_prob": 0.12, "heldout_ppl": 254.86, "forget_ppl": 3.68}
+    fake_job(tmp_path / "run", models={"target": whp, "unlearned": {**whp, "familiarity_term_prob": 0.0}},
+             columns=["familiarity_term_prob", "heldout_ppl"])
+    main([str(tmp_path), "--no-wandb"])
+    assert "| group | model | n | familiarity_term_prob | heldout_ppl |" in capsys.readouterr().out
+    main([str(tmp_path), "--no-wandb", "--columns", "forget_ppl"])
+    assert "| group | model | n | forget_ppl |" in capsys.readouterr().out
 
 
 def test_jobs_differing_only_in_seed_share_a_group(tmp_path):

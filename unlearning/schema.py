@@ -137,6 +137,11 @@ class PathSettings:
 
 
 @dataclasses.dataclass(kw_only=True)
+class ReportSettings:
+    columns: list[str]
+
+
+@dataclasses.dataclass(kw_only=True)
 class CommonSettings:
     seed: int
     max_length: int
@@ -145,6 +150,7 @@ class CommonSettings:
     eval: EvalSettings
     logger: Target | None
     paths: PathSettings
+    report: ReportSettings
 
 
 @dataclasses.dataclass(kw_only=True)

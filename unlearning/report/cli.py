@@ -25,6 +25,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
+from omegaconf import OmegaConf
+
 from unlearning.errors import ConfigError, UnlearningError
 from unlearning.report.collect import Job, collect
 from unlearning.report.figures import ReportFigure, draw_figures
@@ -77,12 +79,23 @@ def write_figures(output: Path, figures: Sequence[ReportFigure]) -> None:
             write_bytes_atomic(output / figure.file, figure.png)
 
 
-def write_report(folder: Path, output: Path, columns: Sequence[str], models: Sequence[str] | None,
+def configured_columns(jobs: Sequence[Job]) -> list[str]:
+    """The columns the jobs' configs name (`report.columns`, set by an experiment), else TOFU's."""
+    for job in jobs:
+        columns = OmegaConf.select(job.config, "report.columns")
+        if columns:
+            return list(columns)
+    return list(DEFAULT_COLUMNS)
+
+
+def write_report(folder: Path, output: Path, columns: Sequence[str] | None, models: Sequence[str] | None,
                  wandb: bool | None) -> str:
-    """Every output file of the jobs below `folder`, in `output`; returns the Markdown report."""
+    """Every output file of the jobs below `folder`, in `output`; returns the Markdown report.
+    `columns` None: the ones the jobs' configs name."""
     jobs = collect(folder)
     if not jobs:
         raise ConfigError(f"no run below {folder} (a run folder holds .hydra/config.yaml)")
+    columns = columns or configured_columns(jobs)
     root, output = folder.resolve(), output.resolve()
     summary = summarize(jobs)
     shown = [row for row in summary if models is None or row.model in models]
@@ -109,8 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="unlearn-report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a run folder or a multirun sweep folder (any folder above jobs)")
-    parser.add_argument("--columns", nargs="+", default=list(DEFAULT_COLUMNS),
-                        help="the metrics of the tables and CSV files (default: %(default)s)")
+    parser.add_argument("--columns", nargs="+", default=None,
+                        help="the metrics of the tables and CSV files (default: the runs' report.columns, which "
+                             f"experiments set; else {' '.join(DEFAULT_COLUMNS)})")
     parser.add_argument("--models", nargs="+", default=None,
                         help="only these models in the tables and CSV files, e.g. unlearned (figures use all)")
     parser.add_argument("--output", type=Path, default=None, help="where to write the report (default: the folder)")
