@@ -207,6 +207,23 @@ def test_tables_show_the_columns_the_experiment_names(tmp_path, capsys):
     assert "| group | model | n | forget_ppl |" in capsys.readouterr().out
 
 
+def test_across_spreads_one_override_over_the_columns(tmp_path, capsys):
+    """open-unlearning's TOFU layout: a row per method, forget quality per split side by side; the target
+    of each split (shared by its methods) in one row; LaTeX gets the same layout."""
+    for split, target in (("forget01", 1e-3), ("forget10", 1e-17)):
+        for method, unlearned in (("npo", 0.3), ("undial", 0.5)):
+            fake_job(tmp_path / f"data.split={split},experiment=tofu,method={method}",
+                     models={"target": model_metrics(target, 0.6), "unlearned": model_metrics(unlearned / (
+                         100 if split == "forget10" else 1), 0.5)})
+    main([str(tmp_path), "--no-wandb", "--columns", "forget_quality", "--across", "data.split"])
+    out = capsys.readouterr().out
+    assert "| group | model | forget01 forget_quality | forget10 forget_quality |" in out
+    assert "|  | target | 0.001 | 1e-17 |" in out
+    assert "| method=npo | unlearned | 0.3 | 0.003 |" in out
+    assert "| method=undial | unlearned | **0.5** | **0.005** |" in out
+    assert r"method=npo & unlearned & $0.3$ & $0.003$ \\" in (tmp_path / "report.tex").read_text()
+
+
 def test_jobs_differing_only_in_seed_share_a_group(tmp_path):
     for label in ("method=npo,seed=1", "seed=2,x=1", "data.seed=3", "seeds/seed=4"):
         fake_job(tmp_path / label)

@@ -139,6 +139,7 @@ class PathSettings:
 @dataclasses.dataclass(kw_only=True)
 class ReportSettings:
     columns: list[str]
+    across: str | None = None
 
 
 @dataclasses.dataclass(kw_only=True)

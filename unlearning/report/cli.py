@@ -5,7 +5,8 @@ overrides differ only in `seed=` form a group, reported as mean ± standard devi
 the folder (or --output) it writes:
 
   report.md           summary table (mean ± std, n), every job's rows, failed jobs; also printed
-  report.tex          the summary as a booktabs LaTeX table, the best unlearned value per column in bold
+  report.tex          the summary as a booktabs LaTeX table (--across: spread across one override's
+                      values), the best unlearned value per column in bold
   report.csv          one row per job and model (full precision; a failed job: status failed, its error)
   report_summary.csv  one row per group and model: n, <metric>_mean, <metric>_std
   report.json         jobs with every metric, the summary, failed jobs, which figures were drawn
@@ -20,10 +21,11 @@ logger=wandb (--no-wandb: never).
 from __future__ import annotations
 
 import argparse
+import html
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
@@ -32,7 +34,7 @@ from unlearning.report.collect import Job, collect
 from unlearning.report.figures import ReportFigure, draw_figures
 from unlearning.report.page import html_page
 from unlearning.report.summary import SummaryRow, summarize
-from unlearning.report.tables import (HTML, MARKDOWN, csv_text, html_table, job_fields, job_records, jobs_grid,
+from unlearning.report.tables import (HTML, MARKDOWN, across_grid, csv_text, html_table, job_fields, job_records, jobs_grid,
                                       latex_table, markdown_table, summary_caption, summary_fields, summary_grid,
                                       summary_records)
 from unlearning.report.wandb_log import log_report, wandb_wanted
@@ -43,11 +45,13 @@ LINKED_FILES = ("report.md", "report.tex", "report.csv", "report_summary.csv", "
 
 
 def markdown_report(name: str, summary: Sequence[SummaryRow], jobs: Sequence[Job], columns: Sequence[str],
-                    models: Sequence[str] | None) -> str:
+                    models: Sequence[str] | None, across: str | None) -> str:
     caption = summary_caption(summary, columns, MARKDOWN)
     parts = [f"# unlearn-report: {name}", "## Summary", *([caption] if caption else []),
-             markdown_table(summary_grid(summary, columns, MARKDOWN)),
-             "## Jobs", markdown_table(jobs_grid(jobs, columns, models, MARKDOWN))]
+             markdown_table(summary_grid(summary, columns, MARKDOWN))]
+    if across:
+        parts += [f"## Across {across}", markdown_table(across_grid(summary, columns, across, MARKDOWN))]
+    parts += ["## Jobs", markdown_table(jobs_grid(jobs, columns, models, MARKDOWN))]
     failed = [job for job in jobs if job.failure is not None]
     if failed:
         parts += ["## Failed jobs", "\n".join(f"- {job.label}: {job.failure}" for job in failed)]
@@ -79,23 +83,24 @@ def write_figures(output: Path, figures: Sequence[ReportFigure]) -> None:
             write_bytes_atomic(output / figure.file, figure.png)
 
 
-def configured_columns(jobs: Sequence[Job]) -> list[str]:
-    """The columns the jobs' configs name (`report.columns`, set by an experiment), else TOFU's."""
+def configured(jobs: Sequence[Job], key: str) -> Any:
+    """What the jobs' configs say under `report.<key>` (an experiment sets it), else None."""
     for job in jobs:
-        columns = OmegaConf.select(job.config, "report.columns")
-        if columns:
-            return list(columns)
-    return list(DEFAULT_COLUMNS)
+        value = OmegaConf.select(job.config, f"report.{key}")
+        if value:
+            return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+    return None
 
 
 def write_report(folder: Path, output: Path, columns: Sequence[str] | None, models: Sequence[str] | None,
-                 wandb: bool | None) -> str:
+                 wandb: bool | None, across: str | None = None) -> str:
     """Every output file of the jobs below `folder`, in `output`; returns the Markdown report.
-    `columns` None: the ones the jobs' configs name."""
+    `columns` and `across` None: what the jobs' configs name (else TOFU's columns, no spread table)."""
     jobs = collect(folder)
     if not jobs:
         raise ConfigError(f"no run below {folder} (a run folder holds .hydra/config.yaml)")
-    columns = columns or configured_columns(jobs)
+    columns = columns or configured(jobs, "columns") or list(DEFAULT_COLUMNS)
+    across = across or configured(jobs, "across")
     root, output = folder.resolve(), output.resolve()
     summary = summarize(jobs)
     shown = [row for row in summary if models is None or row.model in models]
@@ -103,14 +108,16 @@ def write_report(folder: Path, output: Path, columns: Sequence[str] | None, mode
     write_figures(output, figures)
     tables = {"summary": (summary_fields(columns), summary_records(shown, columns)),
               "jobs": (job_fields(columns), job_records(jobs, columns, models))}
-    markdown = markdown_report(root.name, shown, jobs, columns, models)
+    markdown = markdown_report(root.name, shown, jobs, columns, models, across)
     write_text_atomic(output / "report.md", markdown)
-    write_text_atomic(output / "report.tex", latex_table(shown, columns) + "\n")
+    write_text_atomic(output / "report.tex", latex_table(shown, columns, across) + "\n")
     write_text_atomic(output / "report.csv", csv_text(*tables["jobs"]))
     write_text_atomic(output / "report_summary.csv", csv_text(*tables["summary"]))
     write_json_atomic(output / "report.json", report_json(root, jobs, shown, figures))
     write_text_atomic(output / "report.html", html_page(
-        root.name, html_table(summary_grid(shown, columns, HTML)), summary_caption(shown, columns, MARKDOWN),
+        root.name, html_table(summary_grid(shown, columns, HTML)) + (
+            f"\n<h3>Across {html.escape(across)}</h3>\n" + html_table(across_grid(shown, columns, across, HTML))
+            if across else ""), summary_caption(shown, columns, MARKDOWN),
         html_table(jobs_grid(jobs, columns, models, HTML)), [job for job in jobs if job.failure is not None],
         figures, LINKED_FILES))
     if wandb_wanted(jobs, wandb):
@@ -125,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--columns", nargs="+", default=None,
                         help="the metrics of the tables and CSV files (default: the runs' report.columns, which "
                              f"experiments set; else {' '.join(DEFAULT_COLUMNS)})")
+    parser.add_argument("--across", default=None, metavar="KEY",
+                        help="also a table with one sweep override (e.g. data.split) spread across the columns, "
+                             "which report.tex then holds (default: the runs' report.across)")
     parser.add_argument("--models", nargs="+", default=None,
                         help="only these models in the tables and CSV files, e.g. unlearned (figures use all)")
     parser.add_argument("--output", type=Path, default=None, help="where to write the report (default: the folder)")
@@ -134,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.folder.is_dir():
         sys.exit(f"error: {args.folder} is not a folder")
     try:  # bad input (no run found, an unwritable output folder): one line, exit status 1
-        markdown = write_report(args.folder, args.output or args.folder, args.columns, args.models, args.wandb)
+        markdown = write_report(args.folder, args.output or args.folder, args.columns, args.models, args.wandb,
+                                args.across)
     except UnlearningError as error:
         sys.exit(f"error: {error}")
     print(markdown)

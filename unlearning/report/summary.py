@@ -112,3 +112,24 @@ def best_means(rows: Sequence[SummaryRow], columns: Sequence[str]) -> dict[str, 
         if column in HIGHER_IS_BETTER and len(means) > 1:
             best[column] = max(means) if HIGHER_IS_BETTER[column] else min(means)
     return best
+
+
+def spread_across(rows: Sequence[SummaryRow], key: str) -> tuple[list[str], dict[tuple[str, str], dict[str, SummaryRow]]]:
+    """The summary with one override (`data.split`) spread across the columns, as open-unlearning lays
+    out its TOFU table: the values of `key` in order, and for each (the group without `key`, model) its
+    row per value. A row without `key` (a reference model every group shares) stands under every value;
+    override items every unlearned row has (`experiment=tofu`) leave the labels."""
+    def split(row: SummaryRow) -> tuple[str | None, list[str]]:
+        items = row.group.split(",") if row.group else []
+        value = next((item.partition("=")[2] for item in items if item.startswith(f"{key}=")), None)
+        return value, [item for item in items if not item.startswith(f"{key}=")]
+
+    values = list(dict.fromkeys(value for value, _ in map(split, rows) if value is not None))
+    shared = common_items([",".join(split(row)[1]) for row in rows if row.model == UNLEARNED] or [""]).split(",")
+    table: dict[tuple[str, str], dict[str, SummaryRow]] = {}
+    for row in rows:
+        value, rest = split(row)
+        label = ",".join(item for item in rest if item not in shared)
+        for column_value in ([value] if value is not None else values):
+            table.setdefault((label, row.model), {})[column_value] = row
+    return values, table

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from unlearning.report.collect import Job
-from unlearning.report.summary import UNLEARNED, Statistic, SummaryRow, best_means
+from unlearning.report.summary import UNLEARNED, Statistic, SummaryRow, best_means, spread_across
 
 MISSING = "-"
 FAILED = "failed"
@@ -77,6 +77,25 @@ def summary_grid(rows: Sequence[SummaryRow], columns: Sequence[str], style: Styl
     return grid
 
 
+def across_grid(rows: Sequence[SummaryRow], columns: Sequence[str], key: str, style: Style) -> Grid:
+    """The summary spread across the values of one override (summary.spread_across): a column per value
+    and metric, `forget01 forget_quality`, ...; the best unlearned mean of each such column in bold."""
+    values, table = spread_across(rows, key)
+    best = {value: best_means([by_value[value] for by_value in table.values() if value in by_value], columns)
+            for value in values}
+    grid = [[style.escape(name) for name in ("group", "model", *(f"{v} {c}" for v in values for c in columns))]]
+    for (label, model), by_value in table.items():
+        cells = [style.escape(label), style.escape(model)]
+        for value in values:
+            row = by_value.get(value)
+            for column in columns:
+                statistic = row.metrics.get(column) if row is not None else None
+                bold = model == UNLEARNED and statistic is not None and best[value].get(column) == statistic.mean
+                cells.append(MISSING if statistic is None else statistic_cell(statistic, style, bold))
+        grid.append(cells)
+    return grid
+
+
 def summary_caption(rows: Sequence[SummaryRow], columns: Sequence[str], style: Style) -> str:
     sentences = []
     if any(row.n > 1 for row in rows):
@@ -116,10 +135,11 @@ def html_table(grid: Grid) -> str:
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>"
 
 
-def latex_table(rows: Sequence[SummaryRow], columns: Sequence[str]) -> str:
-    """A booktabs table environment; a rule parts the reference models from the unlearned ones."""
-    header, *body = summary_grid(rows, columns, LATEX)
-    references = sum(row.model != UNLEARNED for row in rows)  # summarize() puts them first
+def latex_table(rows: Sequence[SummaryRow], columns: Sequence[str], across: str | None = None) -> str:
+    """A booktabs table environment; a rule parts the reference models from the unlearned ones. `across`:
+    the layout of across_grid."""
+    header, *body = summary_grid(rows, columns, LATEX) if across is None else across_grid(rows, columns, across, LATEX)
+    references = sum(cells[1] != UNLEARNED for cells in body)  # summarize() puts them first
     lines = [r"% needs \usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
              rf"\caption{{{summary_caption(rows, columns, LATEX)}}}", r"\label{tab:unlearning}",
              rf"\begin{{tabular}}{{ll{'r' * (len(header) - 2)}}}", r"\toprule", latex_row(header), r"\midrule"]
