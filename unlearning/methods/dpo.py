@@ -27,10 +27,11 @@ def dpo_loss(policy_win: torch.Tensor, ref_win: torch.Tensor, policy_lose: torch
 
 
 def policy_and_reference_logp(policy, ref, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed answer log-probs [B] of one sub-batch under the policy and, without gradient, the reference."""
-    policy_logp, _ = sequence_logprob(forward_logits(policy, inputs), inputs["labels"])
+    """Summed answer log-probs [B] of one sub-batch under the policy and, without gradient, the reference
+    (computed first, so its logits are freed before the policy's activations are held for backward)."""
     with torch.no_grad():
         ref_logp, _ = sequence_logprob(forward_logits(ref, inputs), inputs["labels"])
+    policy_logp, _ = sequence_logprob(forward_logits(policy, inputs), inputs["labels"])
     return policy_logp, ref_logp
 
 

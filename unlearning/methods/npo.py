@@ -30,7 +30,9 @@ class NPO(Objective):
 
     def forward(self, policy, batch, ref):
         forget = batch["forget"]
-        policy_logp, _ = sequence_logprob(forward_logits(policy, forget), forget["labels"])
+        # The reference first: its logits are freed once reduced to [B] log-probs, before the policy's
+        # activations are held for backward, so they never add to the peak.
         with torch.no_grad():
             ref_logp, _ = sequence_logprob(forward_logits(ref, forget), forget["labels"])
+        policy_logp, _ = sequence_logprob(forward_logits(policy, forget), forget["labels"])
         return npo_loss(policy_logp, ref_logp, self.beta)
