@@ -16,9 +16,10 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
 from benchmarks.report import Section
-from benchmarks.runs import FORGET_LOSSES, MethodRun, collate, same_last_loss
+from benchmarks.runs import FORGET_LOSSES, MethodRun, same_last_loss
 from benchmarks.timing import Variant, time_interleaved
 from benchmarks.workload import Workload
+from unlearning.data.collate import pad_sub_batches
 
 METHODS = ("grad_ascent", "npo")
 
@@ -51,7 +52,7 @@ def hf_trainer(run: MethodRun, output_dir: Path) -> Variant:
             dataloader_pin_memory=False, logging_strategy="no", save_strategy="no", report_to="none",
             disable_tqdm=True, seed=run.config.seed)
         trainer = ForgetLossTrainer(run, model=run.policy, args=arguments, train_dataset=run.items,
-                                    data_collator=lambda items: collate(items, run.pad_id))
+                                    data_collator=lambda items: pad_sub_batches(items, run.pad_id))
         trainer.remove_callback(PrinterCallback)
         trainer.train()
         return float(trainer.last_loss)

@@ -17,6 +17,7 @@ import lightning
 import torch
 import transformers
 
+from unlearning.report.tables import markdown_table
 
 MISMATCH = "MISMATCH"  # what a table shows where a run and its baseline did not compute the same numbers
 
@@ -36,10 +37,8 @@ class Section:
     notes: list[str] = field(default_factory=list)
 
     def markdown(self) -> str:
-        lines = [f"## {self.title}", "", self.summary, "",
-                 "| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in self.rows]
-        lines += [""] + [f"- {note}" for note in self.notes]
+        table = markdown_table([list(self.columns), *([str(cell) for cell in row] for row in self.rows)])
+        lines = [f"## {self.title}", "", self.summary, "", table, ""] + [f"- {note}" for note in self.notes]
         return "\n".join(lines).rstrip() + "\n"
 
 

@@ -34,7 +34,7 @@ from benchmarks.timing import Variant
 from benchmarks.workload import Workload, project_config
 from unlearning.cli import CONFIG_DIR
 from unlearning.config import build
-from unlearning.data.collate import pad_batch
+from unlearning.data.collate import pad_sub_batches
 from unlearning.data.datamodule import EpochPermutation, UnlearningDataModule
 from unlearning.methods.base import Objective, decoder_layer_output, forward_logits
 from unlearning.methods.ce_u import ceu_loss
@@ -132,10 +132,6 @@ def trained_methods() -> list[str]:
     return [name for name in names if name in FORGET_LOSSES]
 
 
-def collate(items: list[dict], pad_id: int) -> dict:
-    return {key: pad_batch([item[key] for item in items], pad_id) for key in items[0]}
-
-
 def count_tokens(items: list[dict]) -> int:
     """Non-padding tokens of every sub-batch (forget, retain, alternate) the steps train on."""
     return sum(len(item[key]["input_ids"]) for item in items for key in item)
@@ -229,7 +225,7 @@ class MethodRun:
             params = [p for p in self.policy.parameters() if p.requires_grad]
             optimizer = self.optimizer(params)
             loader = DataLoader(self.items, batch_size=self.batch_size,
-                                collate_fn=lambda items: collate(items, self.pad_id))
+                                collate_fn=lambda items: pad_sub_batches(items, self.pad_id))
             for batch in islice(loader, self.steps):
                 loss = self.loss(self.policy, batch)
                 optimizer.zero_grad()

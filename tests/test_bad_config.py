@@ -85,6 +85,20 @@ def test_bad_evaluation_config_fails_at_startup(overrides, message, tmp_path):
     assert_nothing_written(tmp_path)
 
 
+def test_text_protocol_refuses_a_metric_group_that_reads_qa_splits_before_training(tmp_path):
+    """A text corpus has no QA eval sets: the harness's benchmark tasks would fail after every stage
+    trained; they fail before any (TOFU's group, always configured, is left out quietly)."""
+    if not (DATA_DIR / "text").is_dir():
+        pytest.skip(f"needs {DATA_DIR / 'text'}")
+    cfg = compose_config(["experiment=whp_sherlock", "eval.groups.lm_eval.benchmark_tasks=true",
+                          f"paths.cache_dir={tmp_path / 'cache'}", f"paths.data_dir={DATA_DIR}"], run_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"^eval\.groups\.lm_eval reads a question-answer benchmark, which "
+                                          r"protocol=text does not have: set eval\.groups\.lm_eval=null or "
+                                          r"eval\.groups\.lm_eval\.benchmark_tasks=false$"):
+        run(cfg)
+    assert_nothing_written(tmp_path)
+
+
 def test_evaluation_takes_an_experiment_and_ignores_its_training_keys(tmp_path):
     """`unlearn-eval experiment=tofu_stories260K` sets finetune.* too: accepted; a misspelling is not."""
     cfg = compose_config(["experiment=tofu_stories260K", "checkpoint=some/folder"], config_name="evaluate",

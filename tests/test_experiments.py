@@ -16,6 +16,7 @@ from unlearning.config import build
 from unlearning.errors import ConfigError
 from unlearning.pipeline import build_protocol, run
 from unlearning.relearning import split_forget
+from unlearning.report.collect import unlearning_curves
 from unlearning.sequential import request_slices
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,10 +47,22 @@ def test_protocols_that_train_after_evaluating_refuse_several_processes(tmp_path
         build(cfg.protocol)(cfg)  # the protocol itself, as each started process would call it
 
 
+def test_sequential_requests_refuse_one_checkpoint_file_for_all(tmp_path):
+    cfg = compose_config(["protocol=tofu_sequential", "resume=old/last.ckpt"], run_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"^resume=old/last\.ckpt: protocol=tofu_sequential resumes its run "
+                                          r"folder \(resume=true\), not one checkpoint file"):
+        build(cfg.protocol)(cfg)
+
+
 @pytest.mark.slow
 def test_sequential_requests_each_start_from_the_last_model(shared_cache, tmp_path):
-    run(compose_config([*shared_cache, *QUICK, "protocol=tofu_sequential", "protocol.requests=2"], run_dir=tmp_path))
+    run(compose_config([*shared_cache, *QUICK, "protocol=tofu_sequential", "protocol.requests=2", "logger=csv",
+                        "trainer.log_every_n_steps=1"],
+                       run_dir=tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
+    # each request logs on its own (steps from 0), and the report lays them end to end
+    assert all((tmp_path / "logs" / f"request{i}" / "unlearn" / "version_0" / "metrics.csv").is_file() for i in (1, 2))
+    assert [step for step, _ in unlearning_curves(tmp_path)[1]["forget_loss"]] == [0, 1, 2, 3]
     assert list(results["models"]) == ["target", "retain", "after_request1", "after_request2"]
     assert results["paths"]["after_request2"] == str(tmp_path / "request2" / "unlearned")
     first, second = (results["models"][f"after_request{i}"]["forget_prob"] for i in (1, 2))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from unlearning.report import main
-from unlearning.report.collect import collect
+from unlearning.report.collect import collect, unlearning_curves
 from unlearning.report.wandb_log import wandb_wanted
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -222,6 +222,22 @@ def test_across_spreads_one_override_over_the_columns(tmp_path, capsys):
     assert "| method=npo | unlearned | 0.3 | 0.003 |" in out
     assert "| method=undial | unlearned | **0.5** | **0.005** |" in out
     assert r"method=npo & unlearned & $0.3$ & $0.003$ \\" in (tmp_path / "report.tex").read_text()
+
+
+def test_a_sequential_runs_requests_are_laid_end_to_end(tmp_path):
+    """Each request counts steps from 0 (logs/request<i>/unlearn, request<i>/eval_during_training.json):
+    request 2's curves come after request 1's last step (5), not over them; request 10 after request 2."""
+    for request, loss in ((1, 4.0), (2, 2.0), (10, 1.0)):
+        logs = tmp_path / "logs" / f"request{request}" / "unlearn" / "version_0"
+        logs.mkdir(parents=True)
+        (logs / "metrics.csv").write_text(f"epoch,step,train/forget_loss\n0,4,{loss}\n0,5,{loss / 2}\n")
+        (tmp_path / f"request{request}").mkdir(exist_ok=True)
+        (tmp_path / f"request{request}" / "eval_during_training.json").write_text(
+            json.dumps([{"step": 0, "forget_prob": loss / 10}]))
+    (tmp_path / "requests_notes").mkdir()  # not a request folder
+    eval_curves, loss_curves = unlearning_curves(tmp_path)
+    assert loss_curves == {"forget_loss": [(4, 4.0), (5, 2.0), (10, 2.0), (11, 1.0), (16, 1.0), (17, 0.5)]}
+    assert eval_curves == {"forget_prob": [(0, 0.4), (6, 0.2), (12, 0.1)]}
 
 
 def test_jobs_differing_only_in_seed_share_a_group(tmp_path):

@@ -13,8 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import compose_config
-from unlearning.errors import NonFiniteLoss
-from unlearning.pipeline import CHECKPOINT_FOLDER, run
+import unlearning.pipeline
+from unlearning.errors import ConfigError, NonFiniteLoss
+from unlearning.pipeline import CHECKPOINT_FOLDER, build_protocol, run
 
 # The unlearning stage (not a finetune stage, which has no checkpoints) dies like `kill -9` (no cleanup,
 # no final save) right after step KILL_STEP. 200 forget examples in batches of 32 make 7 steps per epoch.
@@ -83,6 +84,24 @@ def test_same_seed_and_config_give_the_same_results(shared_cache, tmp_path):
     for name in ("first", "second"):
         run(compose_config(overrides, run_dir=tmp_path / name))
     assert results(tmp_path / "first") == results(tmp_path / "second")
+
+
+@pytest.mark.ci
+@pytest.mark.slow
+def test_a_checkpoint_of_another_config_is_never_resumed(shared_cache, tmp_path, monkeypatch):
+    """A finished run's last.ckpt holds its last step: taken by a run whose config changed since, it would
+    train nothing. `resume=true` refuses it; a relaunched sweep job starts afresh and drops it."""
+    first = [*shared_cache, "checkpoint_every_n_steps=1", "trainer.max_steps=2", "eval.groups.tofu.max_examples=4"]
+    run(compose_config(first, run_dir=tmp_path))
+    checkpoint = tmp_path / CHECKPOINT_FOLDER / "last.ckpt"
+    changed = [*first, "optimizer.lr=2e-3"]
+    with pytest.raises(ConfigError, match=r"^resume=true: .*last\.ckpt was written under another config"):
+        run(compose_config([*changed, "resume=true"], run_dir=tmp_path))
+
+    monkeypatch.setattr(unlearning.pipeline, "in_multirun", lambda: True)  # a sweep job: `resume` unset
+    assert build_protocol(compose_config(first, run_dir=tmp_path)).resume_checkpoint() == str(checkpoint)
+    assert build_protocol(compose_config(changed, run_dir=tmp_path)).resume_checkpoint() is None
+    assert not checkpoint.exists()
 
 
 @pytest.mark.slow

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 DONE_MARKER = "STAGE_DONE.json"
 CHECKPOINT_FOLDER = "checkpoints"
+CHECKPOINT_CONFIG = "CONFIG.json"
 UNLEARNED_FOLDER = "unlearned"
 TABLE_COLUMNS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge",
                  "retain_prob", "retain_rouge", "retain_truth_ratio")
@@ -121,6 +122,7 @@ class Protocol:
     spec: ModelSpec
     cache: StageCache
     run_dir: Path
+    unlearn_stage: str = "unlearn"  # the unlearning stage's logger name (logs/<it>; a sequential request's differs)
 
     @property
     def model_key(self) -> dict:
@@ -259,11 +261,12 @@ class Protocol:
         sets = self.sets(batch_keys(objective, retain), policy, tokenizer, frozen)
         if self.spec.lora is not None:
             policy = add_adapters(policy, self.spec.lora)
+        resume_from = self.resume_checkpoint()  # before checkpointing() records this run's config there
         self.train(policy, tokenizer, objective, retain, sets, build(self.cfg.optimizer),
-                   self.cfg.data.batch_size, "unlearn", self.cfg.trainer.max_epochs,
+                   self.cfg.data.batch_size, self.unlearn_stage, self.cfg.trainer.max_epochs,
                    self.cfg.trainer.get("max_steps", -1), frozen=frozen,
                    callbacks=[*self.periodic_evaluation(tokenizer, reference_model), *self.checkpointing()],
-                   ckpt_path=self.resume_checkpoint())
+                   ckpt_path=resume_from)
 
         def save(tmp: Path):
             """Under LoRA the adapter (PeftModel.save_pretrained); with merge_on_save also the merged model,
@@ -285,8 +288,11 @@ class Protocol:
         every = self.cfg.get("checkpoint_every_n_steps")
         if not every:
             return []
-        return [ModelCheckpoint(dirpath=self.run_dir / CHECKPOINT_FOLDER, every_n_train_steps=every,
-                                save_last=True, save_top_k=0)]
+        folder = self.run_dir / CHECKPOINT_FOLDER
+        if global_rank() == 0:  # which config the checkpoints belong to: resume_checkpoint checks it
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(folder / CHECKPOINT_CONFIG, {"config": config_fingerprint(self.cfg)})
+        return [ModelCheckpoint(dirpath=folder, every_n_train_steps=every, save_last=True, save_top_k=0)]
 
     def resumes_run_folder(self) -> bool:
         """`resume=true`, or a sweep job with `resume` unset: a relaunched sweep continues each job's folder."""
@@ -295,7 +301,10 @@ class Protocol:
 
     def resume_checkpoint(self) -> str | None:
         """`resume=true`: this run folder's last checkpoint; `resume=<file>`: that checkpoint; a sweep job
-        (`resume` unset): its folder's last checkpoint when an interrupted launch left one."""
+        (`resume` unset): its folder's last checkpoint when an interrupted launch left one. The run folder's
+        checkpoint is taken only if it was written under this config (`resume` aside): a sweep job whose
+        config changed since starts afresh (a finished job's checkpoint is at its last step: resuming it
+        would train nothing), and `resume=true` refuses it."""
         resume = self.cfg.get("resume")
         if isinstance(resume, str):
             path = Path(resume)
@@ -307,8 +316,20 @@ class Protocol:
             if resume is None:  # the job's first launch
                 return None
             raise ConfigError(f"resume={resume}: no checkpoint {path} (resume=true needs hydra.run.dir=<the killed run's folder>)")
+        if not isinstance(resume, str) and not broadcast(self.checkpoint_is_this_configs(path)):
+            if resume is True:
+                raise ConfigError(f"resume=true: {path} was written under another config than this run's "
+                                  f"(see {path.parent / CHECKPOINT_CONFIG}); resume=<that file> takes it anyway")
+            log.warning("stage unlearn: %s was written under another config: starting afresh", path)
+            if global_rank() == 0:
+                path.unlink()
+            return None
         log.info("stage unlearn: resuming from %s", path)
         return str(path)
+
+    def checkpoint_is_this_configs(self, checkpoint: Path) -> bool:
+        recorded = checkpoint.parent / CHECKPOINT_CONFIG
+        return recorded.is_file() and json.loads(recorded.read_text()) == {"config": config_fingerprint(self.cfg)}
 
     @cached_property
     def metric_groups(self) -> dict[str, MetricGroup]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,8 +29,9 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.fchmod(fd, 0o666 & ~CURRENT_UMASK)  # mkstemp's 0600 would hide results from a shared group
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(fd, "wb") as handle:  # owns fd from here: closed whatever fails below
+            with contextlib.suppress(OSError):  # a filesystem without modes (vfat, some network mounts)
+                os.fchmod(handle.fileno(), 0o666 & ~CURRENT_UMASK)  # mkstemp's 0600 would hide results from a shared group
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

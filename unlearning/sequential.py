@@ -37,6 +37,9 @@ def request_slices(n_records: int, requests: int) -> list[slice]:
 def run_sequential(cfg: DictConfig, requests: int = 4) -> float | list[float]:
     """TOFU stages with the unlearning split into requests; returns the final model's `cfg.objective_metric`."""
     require_one_process(cfg, "tofu_sequential")
+    if isinstance(cfg.get("resume"), str):
+        raise ConfigError(f"resume={cfg.resume}: protocol=tofu_sequential resumes its run folder (resume=true), "
+                          "not one checkpoint file, which every request would start from")
     protocol = build_protocol(cfg)
     if protocol.spec.lora is not None and not protocol.spec.lora.merge_on_save:
         raise ConfigError("protocol=tofu_sequential with LoRA needs model.lora.merge_on_save=true: "
@@ -49,7 +52,7 @@ def run_sequential(cfg: DictConfig, requests: int = 4) -> float | list[float]:
     forget = protocol.benchmark.forget
     for i, part in enumerate(request_slices(len(forget), requests), start=1):
         request = replace(protocol, benchmark=replace(protocol.benchmark, forget=forget[part]),
-                          run_dir=protocol.run_dir / f"request{i}")
+                          run_dir=protocol.run_dir / f"request{i}", unlearn_stage=f"request{i}/unlearn")
         policy, tokenizer = request.unlearn(start, reference_model=retain_model)
         start = request.run_dir / "unlearned"
         if protocol.spec.lora is not None:

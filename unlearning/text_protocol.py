@@ -13,9 +13,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from unlearning.config import build
 from unlearning.data.anchored_terms import load_dictionary
 from unlearning.errors import ConfigError
+from unlearning.evaluation.base import MetricGroup
 from unlearning.evaluation.familiarity import probability_familiarity, term_prompts
 from unlearning.evaluation.perplexity import perplexity
 from unlearning.methods.whp import WHPInference
@@ -26,6 +26,17 @@ from unlearning.strategies import end_processes
 COLUMNS = ("term_first_token_prob", "term_prob", "heldout_ppl", "forget_ppl")
 
 
+def text_metric_groups(groups: dict[str, MetricGroup]) -> list[MetricGroup]:
+    """The configured metric groups a text corpus can feed. TOFU's is left out (the default eval config
+    has it; it scores QA pairs); any other that reads QA splits is a config error."""
+    for name, group in groups.items():
+        if name != "tofu" and group.reads_qa_splits:
+            hint = " or eval.groups.lm_eval.benchmark_tasks=false" if name == "lm_eval" else ""
+            raise ConfigError(f"eval.groups.{name} reads a question-answer benchmark, which protocol=text "
+                              f"does not have: set eval.groups.{name}=null{hint}")
+    return [group for name, group in groups.items() if name != "tofu"]
+
+
 def run_text(cfg: DictConfig, n_prompts: int = 200, context_words: int = 40, n_forget_blocks: int = 50,
              batch_size: int = 32) -> float:
     """Run the stages, print the table, write results.json; returns the unlearned model's term_prob."""
@@ -33,6 +44,7 @@ def run_text(cfg: DictConfig, n_prompts: int = 200, context_words: int = 40, n_f
         raise ConfigError("data.anchored_terms is required by the text protocol (a dictionary file or shipped name)")
     protocol = build_protocol(cfg)
     corpus = protocol.benchmark
+    groups = text_metric_groups(protocol.metric_groups)  # before training: a group that cannot score text fails now
     terms = load_dictionary(cfg.data.anchored_terms)
     texts = [r["text"] for r in corpus.forget]
     prompts = term_prompts(texts, terms, context_words, n_prompts)
@@ -51,13 +63,11 @@ def run_text(cfg: DictConfig, n_prompts: int = 200, context_words: int = 40, n_f
 
     folders = {"base": protocol.base_model(), "target": str(target), "reinforced": str(reinforced),
                "unlearned": str(protocol.run_dir / "unlearned")}
-    models = {name: measure(protocol.spec.load(folder)[0]) for name, folder in folders.items() if name != "unlearned"}
-    models["unlearned"] = measure(policy)
-    # Metric groups besides TOFU's (which scores QA pairs a text corpus lacks): familiarity, lm_eval, ...
-    groups = [build(node) for name, node in cfg.eval.groups.items() if node and name != "tofu"]
-    for name in ("base", "target", "unlearned") if groups else ():
-        model = policy if name == "unlearned" else protocol.spec.load(folders[name])[0]
-        for group in groups:
+    models = {}
+    for name, folder in folders.items():  # each model loaded once, for the table and the metric groups
+        model = policy if name == "unlearned" else protocol.spec.load(folder)[0]
+        models[name] = measure(model)
+        for group in groups if name != "reinforced" else ():
             models[name].update(group.evaluate(model, tokenizer, template, corpus).aggregates)
     alpha = cfg.method.get("alpha", 5.0)
     models["whp_inference"] = measure(WHPInference(protocol.spec.load(target)[0], protocol.spec.load(reinforced)[0], alpha))

@@ -145,3 +145,6 @@ def pad_batch(examples: Sequence[dict], pad_token_id: int, side: str = "right") 
             rows = [e[key] + z if side == "right" else z + e[key] for e, z in zip(examples, zeros)]
             padded[key] = torch.tensor(rows, dtype=torch.long)
     return padded
+def pad_sub_batches(items: Sequence[dict], pad_token_id: int) -> dict[str, dict[str, torch.Tensor]]:
+    """A batch of paired items (`{"forget": example, "retain": example, ...}`): each sub-batch padded."""
+    return {key: pad_batch([item[key] for item in items], pad_token_id) for key in items[0]}

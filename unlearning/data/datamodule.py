@@ -17,7 +17,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from unlearning.data.collate import PromptTemplate, encode_record, pad_batch
+from unlearning.data.collate import PromptTemplate, encode_record, pad_sub_batches
 
 
 class PairedDataset(Dataset):
@@ -126,8 +126,7 @@ class UnlearningDataModule(L.LightningDataModule):
         self.sampler.set_epoch(epoch)
 
     def collate(self, items: list[dict]) -> dict:
-        pad_id = self.tokenizer.pad_token_id
-        return {key: pad_batch([item[key] for item in items], pad_id) for key in items[0]}
+        return pad_sub_batches(items, self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
         # Called after a checkpoint is restored: global_step counts the batches already trained on.

@@ -39,6 +39,9 @@ class MetricGroup:
     """
 
     name: ClassVar[str] = ""
+    # whether it reads a question-answer benchmark's splits (eval sets, holdout, perturbed retain answers),
+    # which a plain-text corpus (protocol=text) does not have
+    reads_qa_splits: bool = True
 
     def evaluate(self, model, tokenizer, template, benchmark) -> Evaluation:
         raise NotImplementedError

@@ -84,6 +84,7 @@ class Familiarity(MetricGroup):
     offline KeywordJudge). The texts are the benchmark's forget records (`text`, or question + answer)."""
 
     name = "familiarity"
+    reads_qa_splits = False  # the forget records' `text`, or question + answer
 
     def __init__(self, anchored_terms: str | None = None, context_words: int = 40, max_prompts: int = 200,
                  max_new_tokens: int = 24, batch_size: int = 32, max_length: int = 512,

@@ -153,6 +153,7 @@ class HarnessMetrics(MetricGroup):
             for task, file in files.items()
         }
         self.benchmark_tasks, self.benchmark_dir = benchmark_tasks, benchmark_dir
+        self.reads_qa_splits = benchmark_tasks  # the utility tasks alone score any model on any data
         if not self.tasks and not benchmark_tasks:
             raise ConfigError("lm_eval.tasks is empty and lm_eval.benchmark_tasks is false: nothing to evaluate")
 

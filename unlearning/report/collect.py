@@ -7,7 +7,8 @@ differ only in `seed=` differ only in that item of their folder name. A job with
 
 The curves a job logged over unlearning steps: the evaluation during training from
 eval_during_training.json (written whatever the logger), or else from the `eval/*` columns of the CSV
-logger's logs/unlearn/version_*/metrics.csv, which also holds the per-step losses (`train/*`).
+logger's logs/unlearn/version_*/metrics.csv, which also holds the per-step losses (`train/*`); a
+sequential run's requests one after another.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from unlearning.results import FAILED_FILE
 
 RESULTS_FILE = "results.json"
 EVAL_HISTORY_FILE = "eval_during_training.json"
-UNLEARN_LOGS = Path("logs") / "unlearn"
+REQUEST_FOLDER = re.compile(r"request(\d+)")  # a sequential run's requests (unlearning/sequential.py)
 EVAL_PREFIX = "eval/"
 LOSS_PREFIX = "train/"
 SEED_ITEM = re.compile(r"(^|,)seed=[^,]*")
@@ -69,10 +70,36 @@ def read_job(folder: Path, root: Path) -> Job:
     results = folder / RESULTS_FILE
     if not results.exists():
         return Job(label, folder, config, models={}, failure=failure_reason(folder))
-    logged = logged_curves(folder / UNLEARN_LOGS)
+    eval_curves, loss_curves = unlearning_curves(folder)
     return Job(label, folder, config, models=json.loads(results.read_text())["models"],
-               eval_curves=eval_history(folder / EVAL_HISTORY_FILE) or with_prefix(logged, EVAL_PREFIX),
-               loss_curves=with_prefix(logged, LOSS_PREFIX))
+               eval_curves=eval_curves, loss_curves=loss_curves)
+
+
+def unlearning_curves(folder: Path) -> tuple[Curves, Curves]:
+    """The job's evaluation and loss curves over unlearning steps. A sequential run unlearned in
+    requests (`request<i>/`, logged as `logs/request<i>/unlearn`), each counting steps from 0: their
+    curves are laid end to end, each request's steps after the previous one's."""
+    requests = sorted((int(match[1]), Path(match[0])) for path in folder.glob("request*")
+                      if (match := REQUEST_FOLDER.fullmatch(path.name)))
+    evals, losses, offset = [], [], 0
+    for part in [part for _, part in requests] or [Path()]:
+        logged = logged_curves(folder / "logs" / part / "unlearn")
+        part_eval = eval_history(folder / part / EVAL_HISTORY_FILE) or with_prefix(logged, EVAL_PREFIX)
+        part_loss = with_prefix(logged, LOSS_PREFIX)
+        evals.append(shifted(part_eval, offset))
+        losses.append(shifted(part_loss, offset))
+        offset += 1 + max((step for curve in (*part_eval.values(), *part_loss.values()) for step, _ in curve), default=-1)
+    return joined(evals), joined(losses)
+
+
+def shifted(curves: Curves, offset: int) -> Curves:
+    return {name: [(step + offset, value) for step, value in points] for name, points in curves.items()}
+
+
+def joined(parts: list[Curves]) -> Curves:
+    """Each metric's points from every part, in part order."""
+    return {name: [point for part in parts for point in part.get(name, [])]
+            for name in dict.fromkeys(name for part in parts for name in part)}
 
 
 def failure_reason(folder: Path) -> str:
