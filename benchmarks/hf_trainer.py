@@ -79,7 +79,7 @@ def measure(workload: Workload, log_dir: Path) -> Section:
                  f"ours: `lightning.Trainer` fitting `UnlearningModule`; peer: a `Trainer` subclass whose "
                  f"`compute_loss` returns the same pure loss function. Median of {settings.repeats} interleaved "
                  f"repeats after {settings.warmup} warm-up, engine construction included on both sides. "
-                 f"Model: {workload.describe_training_model()}."),
+                 f"Model: {workload.training_model_description}."),
         columns=["method", "HF Trainer s", "ours s", "HF tokens/s", "ours tokens/s", "t_ours / t_hf",
                  "same last loss (HF vs ours)"],
         rows=rows,

@@ -80,7 +80,7 @@ def measure(workload: Workload, log_dir: Path) -> Section:
                  f"(batch {settings.batch_size} forget + {settings.batch_size} retain, `retain=nll`), median of "
                  f"{settings.repeats} processes per method, each with "
                  f"`{' '.join(f'{k}={v}' for k, v in EXACT_ALLOCATOR.items())}` (peak RSS "
-                 f"follows live tensors; see benchmarks/memory.py). Model: {workload.describe_training_model()}. "
+                 f"follows live tensors; see benchmarks/memory.py). Model: {workload.training_model_description}. "
                  f"Target: added bytes / reference parameter bytes <= 1."),
         columns=["GradAscent peak RSS MiB", "NPO peak RSS MiB", "added MiB", "reference parameters MiB",
                  "added / reference parameters"],

@@ -44,7 +44,7 @@ def measure(workload: Workload, log_dir: Path) -> Section:
         title="5. Cost growth with the forget-set size",
         summary=(f"Unlearning: one epoch of `{METHOD}` + `retain=nll` through the framework (Lightning fit, batch "
                  f"{settings.batch_size}, tokenizing excluded) on the first N forget10 records; model: "
-                 f"{workload.describe_training_model()}. Evaluation: the full TOFU evaluation of the same "
+                 f"{workload.training_model_description}. Evaluation: the full TOFU evaluation of the same "
                  f"records (scores + {tofu.max_new_tokens} generated tokens, batch {tofu.batch_size}) by the "
                  f"real stories260K. Median of {settings.repeats} interleaved repeats after {settings.warmup} "
                  f"warm-up."),

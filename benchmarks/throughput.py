@@ -45,7 +45,7 @@ def measure(workload: Workload, log_dir: Path) -> Section:
                  f"`UnlearningModule`; hand loop: DataLoader + the method's pure loss function + AdamW + gradient "
                  f"clipping on the same batches. Tokens: non-padding tokens of every sub-batch of a step. "
                  f"Overhead = t_framework / t_hand - 1 (target <= {TARGET_PERCENT:.0f}%). "
-                 f"Model: {workload.describe_training_model()}."),
+                 f"Model: {workload.training_model_description}."),
         columns=["method", "tokens/step", "hand loop s", "framework s", "hand tokens/s", "framework tokens/s",
                  "overhead %", "same last loss (hand vs framework)"],
         rows=rows,

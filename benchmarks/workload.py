@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -130,7 +131,9 @@ class Workload:
             torch.manual_seed(self.config.seed)
             return LlamaForCausalLM(config).train()
 
-    def describe_training_model(self) -> str:
+    @cached_property
+    def training_model_description(self) -> str:
+        """What the items' tables say of the model they train (built once to count its parameters)."""
         model = self.training_model()
         shape = model.config
         params = sum(p.numel() for p in model.parameters())

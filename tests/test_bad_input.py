@@ -47,32 +47,83 @@ def assert_nothing_written(tmp_path: Path) -> None:
     assert not (tmp_path / "cache").exists()
 
 
-def write_lines(file: Path, lines: list[str]) -> None:
-    file.write_text("\n".join(lines) + "\n")
+def edit_lines(file: Path, change) -> None:
+    """Rewrite `file` as `change(its lines)`."""
+    lines = file.read_text().splitlines()
+    file.write_text("\n".join(change(lines)) + "\n")
 
 
-def records_of(file: Path) -> list[dict]:
-    return [json.loads(line) for line in file.read_text().splitlines()]
+def edit_records(file: Path, change) -> None:
+    """Rewrite a JSONL `file` after `change(records)` edited its parsed records in place."""
+    records = [json.loads(line) for line in file.read_text().splitlines()]
+    change(records)
+    file.write_text("\n".join(json.dumps(record) for record in records) + "\n")
 
 
-def test_missing_data_file(tofu_copy, tmp_path):
-    (tofu_copy / "full.jsonl").unlink()
-    with pytest.raises(UnlearningError, match=r"TOFU file .*full\.jsonl \(or \.json\) does not exist"):
+LATIN1_LINE = b'{"question": "Caf\xe9?", "answer": "Yes."}'  # what an editor saving in Latin-1 writes
+
+
+def insert_latin1_line(folder: Path) -> None:
+    file = folder / "forget01.jsonl"
+    first, rest = file.read_bytes().split(b"\n", 1)
+    file.write_bytes(b"\n".join([first, LATIN1_LINE, rest]))
+
+
+def latin1_byte(folder: Path) -> int:
+    """Where the Latin-1 e-acute lands: after the (untouched) first line of the copy."""
+    return len((folder / "forget01.jsonl").read_bytes().split(b"\n", 1)[0]) + 1 + LATIN1_LINE.index(b"\xe9")
+
+
+def del_field(records: list[dict], index: int, field: str) -> None:
+    del records[index][field]
+
+
+def set_field(records: list[dict], index: int, field: str, value) -> None:
+    records[index][field] = value
+
+
+# (id, what breaks the copy of the TOFU folder, the exact error line; {folder} and {byte} filled in)
+BAD_TOFU_FILES = [
+    ("missing file", lambda folder: (folder / "full.jsonl").unlink(),
+     r"TOFU file {folder}/full\.jsonl \(or \.json\) does not exist"),
+    ("empty forget split", lambda folder: (folder / "forget01.jsonl").write_text(""),
+     r"tofu-forget01: split 'forget' is empty"),
+    ("file of blank lines", lambda folder: (folder / "full.jsonl").write_text("\n  \n\n"),
+     r"tofu-forget01: split 'full' is empty"),
+    ("not UTF-8", insert_latin1_line,
+     r"TOFU file {folder}/forget01\.jsonl is not valid UTF-8 \(byte {byte}\)"),
+    # the last line cut in the middle, as a copy interrupted by a full disk leaves it
+    ("truncated line", lambda folder: edit_lines(folder / "forget01.jsonl",
+                                                 lambda lines: [*lines[:-1], lines[-1][: len(lines[-1]) // 2]]),
+     r"TOFU file {folder}/forget01\.jsonl line 20 is not valid JSON"),
+    ("line not an object", lambda folder: edit_lines(folder / "holdout01.jsonl",
+                                                     lambda lines: [lines[0], '["question", "answer"]', *lines[2:]]),
+     r"TOFU file {folder}/holdout01\.jsonl line 2 is not a JSON object"),
+    ("missing field", lambda folder: edit_records(folder / "forget01.jsonl",
+                                                  lambda records: del_field(records, 3, "answer")),
+     r"tofu-forget01: split 'forget' record 3 has no field 'answer'"),
+    ("field of the wrong type", lambda folder: edit_records(folder / "forget01.jsonl",
+                                                            lambda records: set_field(records, 2, "answer", 1956)),
+     r"tofu-forget01: split 'forget' record 2 field 'answer' is not text"),
+    ("perturbed answers not a list", lambda folder: edit_records(
+        folder / "forget01_perturbed.jsonl",
+        lambda records: set_field(records, 0, "perturbed_answer", records[0]["perturbed_answer"][0])),
+     r"tofu-forget01: split 'forget_perturbed' record 0 field 'perturbed_answer' is not a list of text"),
+    # TOFU has no ids: a repeated question-answer pair (a file concatenated twice, say) is the duplicate
+    ("duplicate record", lambda folder: edit_lines(folder / "forget01.jsonl", lambda lines: [*lines, lines[3]]),
+     r"tofu-forget01: split 'forget' record 20 repeats record 3 \(same question and answer\)"),
+]
+
+
+@pytest.mark.parametrize(("breaks", "message"), [case[1:] for case in BAD_TOFU_FILES],
+                         ids=[case[0] for case in BAD_TOFU_FILES])
+def test_bad_tofu_file_fails_with_one_line_before_anything_is_written(breaks, message, tofu_copy, tmp_path):
+    byte = latin1_byte(tofu_copy)  # before the copy is broken
+    breaks(tofu_copy)
+    expected = message.format(folder=re.escape(str(tofu_copy)), byte=byte)
+    with pytest.raises(UnlearningError, match=f"^{expected}$"):
         run_tofu(tofu_copy, tmp_path)
-
-
-def test_record_without_required_field(tofu_copy, tmp_path):
-    records = [json.loads(line) for line in (tofu_copy / "forget01.jsonl").read_text().splitlines()]
-    del records[3]["answer"]
-    (tofu_copy / "forget01.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    with pytest.raises(UnlearningError, match=r"split 'forget' record 3 has no field 'answer'"):
-        run_tofu(tofu_copy, tmp_path)
-
-
-def test_empty_forget_split(tofu_copy, tmp_path):
-    (tofu_copy / "forget01.jsonl").write_text("")
-    with pytest.raises(UnlearningError, match=r"split 'forget' is empty"):
-        run_tofu(tofu_copy, tmp_path)
+    assert_nothing_written(tmp_path)
 
 
 def test_split_that_does_not_exist(tofu_copy, tmp_path):
@@ -80,71 +131,6 @@ def test_split_that_does_not_exist(tofu_copy, tmp_path):
                                               r"'forget10'$"):
         run_tofu(tofu_copy, tmp_path, "data.split=forget07")
     assert_nothing_written(tmp_path)
-
-
-def test_data_file_that_is_not_utf8(tofu_copy, tmp_path):
-    file = tofu_copy / "forget01.jsonl"
-    lines = file.read_bytes().split(b"\n")
-    latin1 = b'{"question": "Caf\xe9?", "answer": "Yes."}'  # what an editor saving in Latin-1 writes
-    file.write_bytes(b"\n".join([lines[0], latin1, *lines[1:]]))
-    byte = len(lines[0]) + 1 + latin1.index(b"\xe9")
-    with pytest.raises(UnlearningError, match=rf"^TOFU file \S+/forget01\.jsonl is not valid UTF-8 \(byte {byte}\)$"):
-        run_tofu(tofu_copy, tmp_path)
-    assert_nothing_written(tmp_path)
-
-
-def test_truncated_json_line(tofu_copy, tmp_path):
-    """The last line cut in the middle, as a copy interrupted by a full disk leaves it."""
-    file = tofu_copy / "forget01.jsonl"
-    lines = file.read_text().splitlines()
-    write_lines(file, [*lines[:-1], lines[-1][: len(lines[-1]) // 2]])
-    with pytest.raises(UnlearningError, match=r"^TOFU file \S+/forget01\.jsonl line 20 is not valid JSON$"):
-        run_tofu(tofu_copy, tmp_path)
-    assert_nothing_written(tmp_path)
-
-
-def test_line_that_is_not_an_object(tofu_copy, tmp_path):
-    file = tofu_copy / "holdout01.jsonl"
-    lines = file.read_text().splitlines()
-    write_lines(file, [lines[0], json.dumps(["question", "answer"]), *lines[2:]])
-    with pytest.raises(UnlearningError, match=r"^TOFU file \S+/holdout01\.jsonl line 2 is not a JSON object$"):
-        run_tofu(tofu_copy, tmp_path)
-
-
-def test_field_of_the_wrong_type(tofu_copy, tmp_path):
-    file = tofu_copy / "forget01.jsonl"
-    records = records_of(file)
-    records[2]["answer"] = 1956
-    write_lines(file, [json.dumps(r) for r in records])
-    with pytest.raises(UnlearningError, match=r"^tofu-forget01: split 'forget' record 2 field 'answer' is not text$"):
-        run_tofu(tofu_copy, tmp_path)
-
-
-def test_perturbed_answers_that_are_not_a_list(tofu_copy, tmp_path):
-    file = tofu_copy / "forget01_perturbed.jsonl"
-    records = records_of(file)
-    records[0]["perturbed_answer"] = records[0]["perturbed_answer"][0]
-    write_lines(file, [json.dumps(r) for r in records])
-    with pytest.raises(UnlearningError, match=r"^tofu-forget01: split 'forget_perturbed' record 0 field "
-                                              r"'perturbed_answer' is not a list of text$"):
-        run_tofu(tofu_copy, tmp_path)
-
-
-def test_duplicate_record(tofu_copy, tmp_path):
-    """TOFU has no ids: a repeated question-answer pair (a file concatenated twice, say) is the duplicate."""
-    file = tofu_copy / "forget01.jsonl"
-    lines = file.read_text().splitlines()
-    write_lines(file, [*lines, lines[3]])
-    with pytest.raises(UnlearningError, match=r"^tofu-forget01: split 'forget' record 20 repeats record 3 "
-                                              r"\(same question and answer\)$"):
-        run_tofu(tofu_copy, tmp_path)
-    assert_nothing_written(tmp_path)
-
-
-def test_file_of_blank_lines(tofu_copy, tmp_path):
-    (tofu_copy / "full.jsonl").write_text("\n  \n\n")
-    with pytest.raises(UnlearningError, match=r"^tofu-forget01: split 'full' is empty$"):
-        run_tofu(tofu_copy, tmp_path)
 
 
 def test_text_corpus_that_is_not_utf8(tmp_path):
