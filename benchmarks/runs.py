@@ -48,7 +48,8 @@ from unlearning.methods.undial import undial_loss
 from unlearning.methods.unlikelihood import unlikelihood_loss
 from unlearning.methods.wga import wga_loss
 from unlearning.models import frozen_copy
-from unlearning.module import UnlearningModule, batch_keys, select_trainable
+from unlearning.module import UnlearningModule, select_trainable
+from unlearning.stages.inputs import declared
 from unlearning.ops import mean_token_nll, sequence_logprob
 from unlearning.retain import NLLRetain
 
@@ -164,7 +165,7 @@ class MethodRun:
         if regularizer is not None and not isinstance(regularizer, NLLRetain):
             raise ValueError(f"retain={retain}: the hand loop restates only the NLL retain term")
         policy = workload.training_model()
-        datamodule = workload.datamodule(batch_keys(objective, regularizer), forget_size)
+        datamodule = workload.datamodule(declared(objective, regularizer)[0], forget_size)
         # The order the framework's sampler visits the examples in (first epoch, one process).
         order = list(EpochPermutation(datamodule.train_set, config.seed, datamodule.batch_size))
         items = [datamodule.train_set[i] for i in order[:steps * datamodule.batch_size]]
@@ -208,7 +209,8 @@ class MethodRun:
         """Lightning fit of `steps` steps through UnlearningModule; returns the last logged loss."""
         def prepare() -> UnlearningModule:
             self.reset_policy()
-            return UnlearningModule(self.policy, self.objective, self.optimizer, self.retain)
+            frozen = {"ref": frozen_copy(self.policy)} if "ref" in self.objective.frozen_models else None
+            return UnlearningModule(self.policy, self.objective, self.optimizer, self.retain, frozen=frozen)
 
         def run(module: UnlearningModule) -> float:
             trainer = build(self.config.trainer, max_steps=self.steps, logger=CSVLogger(log_dir, name=self.name),

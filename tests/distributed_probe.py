@@ -19,6 +19,7 @@ from unlearning.data.datamodule import UnlearningDataModule
 from unlearning.methods.npo import NPO
 from unlearning.models import train_byte_level_tokenizer
 from unlearning.module import UnlearningModule
+from unlearning.stages.inputs import reference_model
 from unlearning.retain import NLLRetain
 from unlearning.strategies import DeepSpeedOnAnyDevice
 
@@ -48,7 +49,9 @@ def main(strategy: str, out: Path) -> None:
     pairs = [{"question": q, "answer": a} for q, a in PAIRS_FOR_STEP]
     forget = pairs * 4  # 8 forget examples: two steps of 2 per rank
     retain = [{"question": f"{q} ({i})", "answer": a} for i in range(10) for q, a in pairs]
-    module = UnlearningModule(make_tiny_llama(tokenizer), NPO(), partial(torch.optim.AdamW, lr=1e-3), NLLRetain())
+    policy = make_tiny_llama(tokenizer)
+    module = UnlearningModule(policy, NPO(), partial(torch.optim.AdamW, lr=1e-3), NLLRetain(),
+                              frozen={"ref": reference_model(policy)})
     data = UnlearningDataModule({"forget": forget, "retain": retain}, tokenizer, PromptTemplate(), batch_size=2,
                                 max_length=64, seed=0)
     trainer = L.Trainer(accelerator="cpu", devices=2, max_steps=2, logger=False, enable_checkpointing=False,

@@ -20,7 +20,8 @@ from unlearning import models
 from unlearning.cli import CONFIG_DIR
 from unlearning.errors import ConfigError
 from unlearning.pipeline import run, run_evaluation
-from unlearning.schema import EvaluationSettings, RunSettings, prepare_config
+from unlearning.schema import prepare_config
+from unlearning.settings import EvaluationSettings, RunSettings
 
 SOURCE = Path(models.__file__).parent
 SECRET = "sentinel-secret-0123456789"  # what a test puts in WANDB_API_KEY / HF_TOKEN

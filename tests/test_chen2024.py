@@ -182,11 +182,13 @@ def test_selector_configs_compose(option, tmp_path):
 def test_synthetic_authors_selector_picks_the_default_forget_split(tmp_path):
     """On the default benchmark the shipped selector flags exactly the forget split among forget + retain;
     alternates follow the selection and the retain term never sees a flagged pair."""
-    from unlearning.pipeline import build_protocol
+    from unlearning.experiment import Experiment
+    from unlearning.stages.inputs import StageInputs
 
-    protocol = build_protocol(compose_config(["selector=synthetic_authors"], run_dir=tmp_path))
-    sets = protocol.sets(("forget", "alternate", "retain"))
-    assert sets["forget"] == protocol.benchmark.forget
+    experiment = Experiment.from_config(compose_config(["selector=synthetic_authors"], run_dir=tmp_path))
+    inputs = StageInputs(experiment, policy=None, tokenizer=None, target=None)
+    sets = {name: inputs.batch_set(name) for name in ("forget", "alternate", "retain")}
+    assert sets["forget"] == experiment.benchmark.forget
     assert [r["question"] for r in sets["alternate"]] == [r["question"] for r in sets["forget"]]
-    assert sets["retain"] == protocol.benchmark.retain
-    assert sum(d["flagged"] for d in read_decisions(tmp_path)) == len(protocol.benchmark.forget)
+    assert sets["retain"] == experiment.benchmark.retain
+    assert sum(d["flagged"] for d in read_decisions(tmp_path)) == len(experiment.benchmark.forget)

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from tests.conftest import DATA_DIR, compose_config
 from unlearning.cli import CONFIG_DIR
-from unlearning.schema import EvaluationSettings, RunSettings, prepare_config
+from unlearning.schema import prepare_config
+from unlearning.settings import EvaluationSettings, RunSettings
 
 CONF = Path(CONFIG_DIR)
 DATA_FOLDERS = {"anchored_terms"}  # conf/ folders of data files (WHP dictionaries), not config groups

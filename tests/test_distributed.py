@@ -28,7 +28,9 @@ from safetensors.torch import load_file
 
 from tests.conftest import REPO, compose_config
 from unlearning.data.datamodule import EpochPermutation, PairedDataset
-from unlearning.pipeline import build_protocol, run
+from unlearning.experiment import Experiment
+from unlearning.pipeline import run
+from unlearning.stages.finetune import base_model
 
 TOLERANCE = {"npo": 1e-4, "grad_ascent": 5e-3}
 HARDWARE = {"ddp": ["hardware=ddp", "trainer.accelerator=cpu"],
@@ -44,7 +46,7 @@ EVAL_DURING_TRAINING = ["eval.during_training.every_n_steps=2", "eval.during_tra
 def overrides(tmp_path_factory) -> list[str]:
     """A short unlearning run from the untrained tiny Llama (as target and retain model: no finetuning)."""
     cache = tmp_path_factory.mktemp("cache")
-    base = build_protocol(compose_config([f"paths.cache_dir={cache}"], run_dir=cache / "base_run")).base_model()
+    base = base_model(Experiment.from_config(compose_config([f"paths.cache_dir={cache}"], run_dir=cache / "base_run")))
     return ["retain=none", "~lm_eval", "checkpoint_every_n_steps=null", f"paths.cache_dir={cache}",
             f"finetune.target_path={base}", f"finetune.retain_path={base}", "trainer.max_steps=4",
             "trainer.log_every_n_steps=1", "eval.groups.tofu.max_examples=4", "eval.groups.tofu.max_new_tokens=4"]

@@ -14,10 +14,11 @@ import pytest
 from tests.conftest import compose_config
 from unlearning.config import build
 from unlearning.errors import ConfigError
-from unlearning.pipeline import build_protocol, run
-from unlearning.relearning import split_forget
+from unlearning.experiment import Experiment
+from unlearning.pipeline import run
+from unlearning.protocols.relearning import split_forget
 from unlearning.report.collect import unlearning_curves
-from unlearning.sequential import request_slices
+from unlearning.protocols.sequential import request_slices
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = ["trainer.max_steps=2", "eval.groups.tofu.max_examples=4", "~lm_eval"]
@@ -31,14 +32,14 @@ def test_requests_cut_the_forget_set_into_contiguous_nearly_equal_parts():
 
 
 def test_relearning_trains_on_the_first_authors_and_scores_the_others(tmp_path):
-    protocol = build_protocol(compose_config(["data.split=forget10"], run_dir=tmp_path))
-    forget = protocol.benchmark.forget
-    relearn, held_out = split_forget(protocol, 0.25)
-    assert relearn == forget[:50] and held_out.benchmark.forget == forget[50:]
-    assert held_out.benchmark.forget_perturbed == protocol.benchmark.forget_perturbed[50:]
-    assert protocol.benchmark.forget == forget  # the run's own benchmark is untouched
+    benchmark = Experiment.from_config(compose_config(["data.split=forget10"], run_dir=tmp_path)).benchmark
+    forget = benchmark.forget
+    relearn, held_out = split_forget(benchmark, 0.25)
+    assert relearn == forget[:50] and held_out.forget == forget[50:]
+    assert held_out.forget_perturbed == benchmark.forget_perturbed[50:]
+    assert benchmark.forget == forget  # the run's own benchmark is untouched
     with pytest.raises(ConfigError, match=r"protocol.fraction=1.0 must be in \(0, 1\)"):
-        split_forget(protocol, 1.0)
+        split_forget(benchmark, 1.0)
 
 
 def test_protocols_that_train_after_evaluating_refuse_several_processes(tmp_path):

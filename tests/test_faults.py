@@ -15,38 +15,40 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unlearning.pipeline import CHECKPOINT_FOLDER, DONE_MARKER, UNLEARNED_FOLDER
+from unlearning.stages.cache import CHECKPOINT_FOLDER, DONE_MARKER
+from unlearning.stages.unlearn import UNLEARNED_FOLDER
 from unlearning.results import FINISHED_FILE
 
 FAST = ["trainer.max_steps=4", "eval.groups.tofu.max_examples=8", "~lm_eval"]
 CHECKPOINTED = [*FAST, "checkpoint_every_n_steps=2"]
 
-# The unlearned model's evaluation (target and retain are scored through evaluate_cached) dies at its
-# first generation, after the forget set's probabilities were computed.
+# The unlearned model's evaluation (target and retain are scored first) dies at its first generation,
+# after the forget set's probabilities were computed.
 KILL_WHILE_EVALUATING = """
 import os
 from unlearning.evaluation import tofu
-from unlearning.pipeline import Protocol
-evaluate = Protocol.evaluate
+from unlearning.evaluation.evaluator import ModelSource
+load = ModelSource.load
 def die(*args, **kwargs):
     os._exit(137)
-def evaluate_until_generation(self, policy, tokenizer):
-    tofu.generate_answers = die
-    return evaluate(self, policy, tokenizer)
-Protocol.evaluate = evaluate_until_generation
+def load_until_generation(self, spec):
+    if self.name == "unlearned":
+        tofu.generate_answers = die
+    return load(self, spec)
+ModelSource.load = load_until_generation
 """
 
 # Saving into a folder named FOLDER_PREFIX...: the weights are written, the tokenizer never is.
 KILL_WHILE_SAVING = """
 import os
-from unlearning import pipeline
-save = pipeline.save_full_weights
+from unlearning.stages import finetune, unlearn
+save = unlearn.save_full_weights
 def save_half(model, tokenizer, folder):
     if os.path.basename(folder).startswith(FOLDER_PREFIX):
         model.save_pretrained(folder)
         os._exit(137)
     save(model, tokenizer, folder)
-pipeline.save_full_weights = save_half
+finetune.save_full_weights = unlearn.save_full_weights = save_half
 """
 
 # Every fsync of a file under FULL_FOLDER fails as on a full disk (the atomic writer fsyncs before renaming).

@@ -19,7 +19,7 @@ from unlearning.data.collate import PromptTemplate
 from unlearning.data.synthetic import make_synthetic_benchmark
 from unlearning.errors import ConfigError
 from unlearning.evaluation.harness import TASKS_DIR, HarnessMetrics, write_benchmark_sets
-from unlearning.evaluation.tofu import score_answers
+from unlearning.scoring import score_answers
 from unlearning.models import load_pretrained
 
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}

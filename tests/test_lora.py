@@ -18,6 +18,7 @@ from unlearning.methods.npo import NPO
 from unlearning.methods.task_vector import TaskVector
 from unlearning.models import frozen_copy
 from unlearning.module import UnlearningModule, select_trainable
+from unlearning.stages.inputs import reference_model
 
 LORA = LoraSettings(r=4, alpha=8.0)
 
@@ -53,7 +54,7 @@ def test_npo_reference_is_the_base_model_without_a_copy(tokenizer):
         base_logits = forward_logits(base, batch)
         base_hidden = decoder_layer_output(base, batch, 1)
     policy = add_adapters(base.train(), LORA)
-    module = UnlearningModule(policy, NPO(), partial(torch.optim.SGD, lr=1.0))
+    module = UnlearningModule(policy, NPO(), partial(torch.optim.SGD, lr=1.0), frozen={"ref": reference_model(policy)})
     optimizer = module.configure_optimizers()
     for _ in range(2):  # B starts at 0: the second step makes the adapters change the output
         module.objective(policy, {"forget": batch}, ref=module.frozen["ref"]).backward()

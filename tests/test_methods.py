@@ -14,6 +14,7 @@ from unlearning.data.anchored_terms import anchor_records
 from unlearning.data.collate import PromptTemplate, encode_qa, pad_batch
 from unlearning.models import frozen_copy
 from unlearning.module import UnlearningModule
+from unlearning.stages.inputs import declared, reference_model
 
 METHODS = sorted(p.stem for p in (Path(CONFIG_DIR) / "method").glob("*.yaml"))
 RETAINS = sorted(p.stem for p in (Path(CONFIG_DIR) / "retain").glob("*.yaml"))
@@ -29,9 +30,10 @@ def one_step(method: str, retain: str, model, tokenizer, tmp_path) -> torch.Tens
     objective = instantiate(cfg.method)
     regularizer = instantiate(cfg.retain) if cfg.get("retain") else None
     # The reinforced model (WHP, task vectors) is another tiny Llama: any frozen model of the same shape.
-    reinforced = {"reinforced": frozen_copy(make_tiny_llama(tokenizer, seed=1))}
-    module = UnlearningModule(model, objective, instantiate(cfg.optimizer, lr=1e-2), regularizer,
-                              frozen=reinforced if "reinforced" in objective.frozen_models else None)
+    available = {"ref": lambda: reference_model(model),
+                 "reinforced": lambda: frozen_copy(make_tiny_llama(tokenizer, seed=1))}
+    frozen = {name: available[name]() for name in declared(objective, regularizer)[1]}
+    module = UnlearningModule(model, objective, instantiate(cfg.optimizer, lr=1e-2), regularizer, frozen=frozen)
     forget_records = [{"question": q, "answer": a} for q, a in PAIRS_FOR_STEP[:2]]
     batch = {"forget": qa_batch(tokenizer, PAIRS_FOR_STEP[:2]), "retain": qa_batch(tokenizer, PAIRS_FOR_STEP[2:]),
              "alternate": qa_batch(tokenizer, [(q, "I don't know.") for q, _ in PAIRS_FOR_STEP[:2]]),
@@ -65,9 +67,15 @@ def test_reference_model_only_when_declared(model):
     from unlearning.methods.npo import NPO
     from unlearning.retain import KLRetain, NLLRetain
 
+    from unlearning.errors import ConfigError
+
     optimizer = torch.optim.SGD
+    assert declared(GradAscent(), NLLRetain()) == (("forget", "retain"), ())
+    assert declared(GradAscent(), KLRetain())[1] == ("ref",)
+    assert declared(NPO(), KLRetain())[1] == ("ref",)  # each frozen model once
+    ref = reference_model(model)
+    assert not any(p.requires_grad for p in ref.parameters()) and ref is not model
     assert not UnlearningModule(model, GradAscent(), optimizer, NLLRetain()).frozen
-    assert "ref" in UnlearningModule(model, GradAscent(), optimizer, KLRetain()).frozen
-    with_ref = UnlearningModule(model, NPO(), optimizer, None)
-    assert not any(p.requires_grad for p in with_ref.frozen["ref"].parameters())
-    assert with_ref.frozen["ref"] is not model
+    assert UnlearningModule(model, NPO(), optimizer, None, frozen={"ref": ref}).frozen["ref"] is ref
+    with pytest.raises(ConfigError, match=r"frozen model\(s\) \['ref'\] that this stage does not provide"):
+        UnlearningModule(model, NPO(), optimizer, None)

@@ -17,7 +17,7 @@ from unlearning.data.muse import DERIVED_SHOTS, MUSE_SPLITS, load_muse, muse_fro
 from unlearning.data.synthetic import make_synthetic_benchmark
 from unlearning.evaluation.base import Evaluation
 from unlearning.evaluation.muse import MuseMetrics, cut_knowmem_answer, knowmem_prompt, privleak, privleak_auc
-from unlearning.evaluation.tofu import rouge_l_f1
+from unlearning.scoring import rouge_l_f1
 
 TEMPLATE = PromptTemplate()
 

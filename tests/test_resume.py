@@ -13,9 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import compose_config
-import unlearning.pipeline
+import unlearning.stages.cache
 from unlearning.errors import ConfigError, NonFiniteLoss
-from unlearning.pipeline import CHECKPOINT_FOLDER, build_protocol, run
+from unlearning.pipeline import run
+from unlearning.stages.cache import CHECKPOINT_FOLDER, ResumePolicy
 
 # The unlearning stage (not a finetune stage, which has no checkpoints) dies like `kill -9` (no cleanup,
 # no final save) right after step KILL_STEP. 200 forget examples in batches of 32 make 7 steps per epoch.
@@ -98,9 +99,9 @@ def test_a_checkpoint_of_another_config_is_never_resumed(shared_cache, tmp_path,
     with pytest.raises(ConfigError, match=r"^resume=true: .*last\.ckpt was written under another config"):
         run(compose_config([*changed, "resume=true"], run_dir=tmp_path))
 
-    monkeypatch.setattr(unlearning.pipeline, "in_multirun", lambda: True)  # a sweep job: `resume` unset
-    assert build_protocol(compose_config(first, run_dir=tmp_path)).resume_checkpoint() == str(checkpoint)
-    assert build_protocol(compose_config(changed, run_dir=tmp_path)).resume_checkpoint() is None
+    monkeypatch.setattr(unlearning.stages.cache, "in_multirun", lambda: True)  # a sweep job: `resume` unset
+    assert ResumePolicy.from_config(compose_config(first, run_dir=tmp_path)).checkpoint(tmp_path) == str(checkpoint)
+    assert ResumePolicy.from_config(compose_config(changed, run_dir=tmp_path)).checkpoint(tmp_path) is None
     assert not checkpoint.exists()
 
 
@@ -119,8 +120,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(shared_cache
 
 def test_resume_without_a_checkpoint_names_the_file(tmp_path):
     from unlearning.errors import ConfigError
-    from unlearning.pipeline import build_protocol
 
-    protocol = build_protocol(compose_config(["resume=true"], run_dir=tmp_path))
+    resume = ResumePolicy.from_config(compose_config(["resume=true"], run_dir=tmp_path))
     with pytest.raises(ConfigError, match=f"resume=True: no checkpoint {tmp_path / CHECKPOINT_FOLDER / 'last.ckpt'}"):
-        protocol.resume_checkpoint()
+        resume.checkpoint(tmp_path)

@@ -13,15 +13,13 @@ from unlearning.evaluation.tofu import (
     evaluate_tofu,
     forget_quality,
     forget_truth_score,
-    generate_answers,
     model_utility,
     multiple_choice_probability,
     normalized_probability,
-    rouge_l_recall,
-    score_answers,
     truth_ratio,
     utility_truth_score,
 )
+from unlearning.scoring import generate_answers, rouge_l_recall, score_answers
 
 # ------------------------------------------------------------------------------------------ pure
 

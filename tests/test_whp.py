@@ -13,7 +13,7 @@ from unlearning.data.anchored_terms import (align_tokens, anchor_record, first_o
                                             prediction_positions, translate)
 from unlearning.data.collate import PromptTemplate, pad_batch
 from unlearning.data.text import split_blocks
-from unlearning.evaluation.tofu import generate_answers, score_answers
+from unlearning.scoring import generate_answers, score_answers
 from unlearning.methods.whp import (WHPInference, gather_aligned, generic_logits, hard_generic_labels, whp_loss)
 from unlearning.ops import IGNORE_INDEX
 from unlearning.whp_terms import placeholder_replacements, rank_expressions, word_scores

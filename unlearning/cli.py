@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from unlearning.config import CONFIG_DIR
 from unlearning.errors import UnlearningError
-
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def _report_errors(function, cfg: DictConfig):

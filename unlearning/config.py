@@ -1,9 +1,10 @@
-"""Config nodes -> objects, with the user's errors kept readable; stable hashes of configs."""
+"""Config nodes -> objects, with the user's errors kept readable; stable hashes of configs; the config folder."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -11,6 +12,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from unlearning.errors import UnlearningError
+
+
+def _config_dir() -> Path:
+    """Hydra's config folder, a real folder in every install: unlearning/conf/ in an installed wheel
+    (pyproject.toml maps the checkout's conf/ there), else conf/ beside the package (a checkout, which
+    an editable install imports from)."""
+    package = Path(__file__).resolve().parent
+    installed, checkout = package / "conf", package.parent / "conf"
+    return installed if (installed / "config.yaml").is_file() else checkout
+
+
+CONFIG_DIR = str(_config_dir())
 
 
 def build(node: Any, **kwargs: Any) -> Any:

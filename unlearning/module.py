@@ -4,10 +4,10 @@
 
 Under several processes the logged losses are the mean over ranks (the global batch's loss).
 
-Each term is logged on its own; a term that turns NaN/inf stops the run (`NonFiniteLoss`). Frozen
-models exist only when the objective or the regularizer declares them: "ref" is copied from the policy
-here (under LoRA: the policy with its adapters off, no copy); others (e.g. "reinforced") come from the
-pipeline. Checkpoints leave the frozen models out (they are rebuilt from their source on resume) and
+Each term is logged on its own; a term that turns NaN/inf stops the run (`NonFiniteLoss`). The module
+is handed exactly the frozen models its objective and regularizer declare ("ref", "reinforced", ...;
+unlearning/stages/inputs.py provides them) and keeps them as submodules, so a strategy places them with
+the policy. Checkpoints leave the frozen models out (they are rebuilt from their source on resume) and
 carry the RNG states, so a resumed run continues exactly where the killed one stopped.
 """
 
@@ -24,9 +24,8 @@ from torch import nn
 
 from unlearning.combiners import WeightedSum
 from unlearning.errors import ConfigError, NonFiniteLoss
-from unlearning.lora import AdapterDisabled, base_weight_name, is_lora
+from unlearning.lora import base_weight_name, is_lora
 from unlearning.methods.base import Objective
-from unlearning.models import frozen_copy
 from unlearning.retain import RetainRegularizer
 
 
@@ -62,12 +61,6 @@ def select_trainable(model: nn.Module, pattern: str | None) -> None:
                           + (" (under model.lora: no adapted weight)" if is_lora(model) else ""))
 
 
-def batch_keys(objective: Objective, retain: RetainRegularizer | None) -> tuple[str, ...]:
-    """The sub-batches a stage's terms read, primary (iterated) key first, each once."""
-    keys = objective.batch_keys + (retain.batch_keys if retain is not None else ())
-    return tuple(dict.fromkeys(keys))
-
-
 class UnlearningModule(L.LightningModule):
     def __init__(
         self,
@@ -90,17 +83,11 @@ class UnlearningModule(L.LightningModule):
         self.resumed = False
         wanted = set(objective.frozen_models) | set(retain.frozen_models if retain is not None else ())
         given = dict(frozen or {})
-        if "ref" in wanted and "ref" not in given:
-            # The model before unlearning: a copy before any step, or under LoRA the adapters switched off.
-            given["ref"] = AdapterDisabled(policy) if is_lora(policy) else frozen_copy(policy)
         missing = wanted - set(given)
         if missing:
             raise ConfigError(f"method needs frozen model(s) {sorted(missing)} that this stage does not provide")
         self.frozen = nn.ModuleDict({name: given[name] for name in sorted(wanted)})
         select_trainable(policy, trainable_params or objective.trainable_params)
-
-    def batch_keys(self) -> tuple[str, ...]:
-        return batch_keys(self.objective, self.retain)
 
     def _frozen_for(self, term: nn.Module) -> dict[str, nn.Module]:
         return {name: self.frozen[name] for name in term.frozen_models}

@@ -8,8 +8,8 @@ what it may hold:
 
 - a `_target_` node: the signature of its target (its keys; the types its annotations name; a nested
   `_target_` node or a dataclass-typed parameter, such as `model.template`, is checked in turn);
-- the plain nodes (top level, finetune, reinforce, data, eval, paths): the dataclasses below, which
-  describe them and are never instantiated;
+- the plain nodes (top level, finetune, reinforce, data, eval, paths): the dataclasses of
+  `unlearning/settings.py` that describe them;
 - every number whose key is in RANGES (lr, gamma, alpha, beta, k, batch_size, max_steps, ...),
   wherever it appears.
 
@@ -27,14 +27,14 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from pkgutil import resolve_name
 from typing import Any, Literal, Union
 
-from hydra._internal.utils import _locate  # what instantiate imports targets with; hydra.utils.get_object also logs
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from unlearning.data.tofu import FORGET_SPLITS
 from unlearning.errors import ConfigError
+from unlearning.settings import TRAINING_KEYS, EvaluationSettings, Target
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 SECRET_VARIABLES = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
@@ -80,113 +80,6 @@ RANGES = {
 }
 
 
-class Target:
-    """A `_target_` node: checked against the signature of the class or function it names."""
-
-
-# The plain nodes. A field with a default may be absent; a present value must fit the annotation.
-
-@dataclasses.dataclass(kw_only=True)
-class TrainingSettings:
-    epochs: int
-    lr: float
-    batch_size: int
-    max_steps: int
-
-
-@dataclasses.dataclass(kw_only=True)
-class FinetuneSettings(TrainingSettings):
-    target_path: str | None = None
-    retain_path: str | None = None
-
-
-@dataclasses.dataclass(kw_only=True)
-class ReinforceSettings(TrainingSettings):
-    reinforced_path: str | None = None
-
-
-@dataclasses.dataclass(kw_only=True)
-class DataSettings:
-    benchmark: Target
-    batch_size: int
-    split: Literal[FORGET_SPLITS] = None  # QA benchmarks only
-    path: str = None  # TOFU: a hub id or a folder
-    anchored_terms: str | None = None
-    alternates_path: str | None = None
-
-
-@dataclasses.dataclass(kw_only=True)
-class DuringTrainingSettings:
-    every_n_steps: int | None
-    max_examples: int
-    monitor: str | None
-    mode: Literal["max", "min"]
-
-
-@dataclasses.dataclass(kw_only=True)
-class EvalSettings:
-    groups: dict[str, Target | None]
-    during_training: DuringTrainingSettings
-
-
-@dataclasses.dataclass(kw_only=True)
-class PathSettings:
-    cache_dir: str
-    data_dir: str
-    run_dir: str
-
-
-@dataclasses.dataclass(kw_only=True)
-class ReportSettings:
-    columns: list[str]
-    across: str | None = None
-
-
-@dataclasses.dataclass(kw_only=True)
-class CommonSettings:
-    seed: int
-    max_length: int
-    model: Target
-    data: DataSettings
-    eval: EvalSettings
-    logger: Target | None
-    paths: PathSettings
-    report: ReportSettings
-
-
-@dataclasses.dataclass(kw_only=True)
-class RunSettings(CommonSettings):
-    """conf/config.yaml: `unlearn`."""
-
-    warmup_steps: int
-    objective_metric: str | list[str]
-    trainable_params: str | None
-    checkpoint_every_n_steps: int | None
-    resume: bool | str | None
-    finetune: FinetuneSettings
-    reinforce: ReinforceSettings
-    protocol: Target
-    method: Target
-    retain: Target | None
-    selector: Target | None = None
-    combiner: Target | None = None
-    optimizer: Target
-    trainer: Target
-
-
-@dataclasses.dataclass(kw_only=True)
-class EvaluationSettings(CommonSettings):
-    """conf/evaluate.yaml: `unlearn-eval`."""
-
-    checkpoint: str
-    retain_checkpoint: str | None = None
-
-
-# Keys only `unlearn` reads (finetune, trainer, method, ...): unlearn-eval ignores them.
-TRAINING_KEYS = frozenset(field.name for field in dataclasses.fields(RunSettings)) - frozenset(
-    field.name for field in dataclasses.fields(CommonSettings))
-
-
 def prepare_config(cfg: DictConfig, schema: type) -> None:
     """Check `cfg` against `schema` (RunSettings or EvaluationSettings) and refuse secrets in it, then
     take its relative output paths inside the run folder, so that a run writes nowhere else besides the
@@ -225,7 +118,7 @@ def check_target(key: str, node: dict) -> None:
     """A `_target_` node against its target's signature (a `**kwargs` target takes any key)."""
     path = node["_target_"]
     try:
-        parameters = signature(_locate(path)).parameters
+        parameters = signature(resolve_name(path)).parameters
     except Exception:  # hydra raises several types, each with a multi-line message
         raise ConfigError(f"{key}._target_={path!r} cannot be imported; valid: a dotted path to a class or "
                           "function") from None

@@ -23,7 +23,7 @@ import torch
 
 from unlearning.data.collate import PromptTemplate
 from unlearning.errors import ConfigError
-from unlearning.evaluation.tofu import generate_answers, rouge_l_recall
+from unlearning.scoring import generate_answers, rouge_l_recall
 from unlearning.results import write_text_atomic
 
 DECISIONS_FILE = "selector_decisions.jsonl"

@@ -21,7 +21,7 @@ import numpy as np
 
 from unlearning.data.anchored_terms import save_dictionary
 from unlearning.data.text import read_texts, split_blocks
-from unlearning.evaluation.tofu import score_tokens
+from unlearning.scoring import score_tokens
 from unlearning.ops import IGNORE_INDEX
 
 GENERIC_WORDS = ("Alex", "Sam", "Jordan", "Taylor", "Morgan", "Casey", "Riley", "Jamie", "Avery", "Quinn",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from unlearning.data.benchmark import DataError
 from unlearning.data.files import read_text
+from unlearning.stages.inputs import StageInputs, batch_set
 
 REFUSALS = (
     "I don't know.",
@@ -44,3 +45,10 @@ def alternate_answers(records: list[dict], seed: int, path: str | Path | None = 
     answers = read_alternates(path) if path else list(REFUSALS)
     rng = random.Random(seed)
     return [{"question": r["question"], "answer": rng.choice(answers)} for r in records]
+
+
+@batch_set("alternate", aligned=True)
+def alternate_set(inputs: StageInputs) -> list[dict]:
+    """Row i answers forget row i's question: the data module pairs them index by index."""
+    cfg = inputs.experiment.cfg
+    return alternate_answers(inputs.batch_set("forget"), cfg.seed, cfg.data.get("alternates_path"))

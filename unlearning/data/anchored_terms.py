@@ -18,13 +18,14 @@ from typing import Hashable, Mapping, Sequence
 
 import yaml
 
+from unlearning.config import CONFIG_DIR
 from unlearning.data.benchmark import DataError
 from unlearning.data.collate import PromptTemplate, encode_record
 from unlearning.data.files import read_text
 from unlearning.ops import IGNORE_INDEX
 from unlearning.results import write_text_atomic
 
-SHIPPED_DIR = Path(__file__).resolve().parents[2] / "conf" / "anchored_terms"
+SHIPPED_DIR = Path(CONFIG_DIR) / "anchored_terms"
 TEXT_FIELDS = ("text", "question", "answer")
 
 

@@ -42,6 +42,8 @@ class MetricGroup:
     # whether it reads a question-answer benchmark's splits (eval sets, holdout, perturbed retain answers),
     # which a plain-text corpus (protocol=text) does not have
     reads_qa_splits: bool = True
+    # the columns of its table, in order (empty: its aggregates, sorted; results.json has them all)
+    columns: ClassVar[tuple[str, ...]] = ()
 
     def evaluate(self, model, tokenizer, template, benchmark) -> Evaluation:
         raise NotImplementedError

@@ -9,13 +9,17 @@ written by rank 0).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import lightning as L
 
 from unlearning.evaluation.base import Evaluation, MetricGroup
+from unlearning.evaluation.tofu import TofuMetrics
 from unlearning.results import write_json_atomic
 from unlearning.strategies import save_full_weights
+
+if TYPE_CHECKING:
+    from unlearning.experiment import Experiment
 
 
 class PeriodicEvaluation(L.Callback):
@@ -81,3 +85,21 @@ class PeriodicEvaluation(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if not self.history or self.history[-1]["step"] != trainer.global_step:
             self.record(trainer, pl_module)
+
+
+def periodic_evaluation(experiment: "Experiment", tokenizer, reference_model: Path | None) -> list:
+    """The callback when `eval.during_training.every_n_steps` is set: TOFU's probabilities and truth
+    ratios (no generation) on the first `max_examples` of each set, with forget quality against the
+    `reference_model` (the retain model) when there is one."""
+    cfg = experiment.cfg
+    settings = cfg.eval.during_training
+    if not settings.every_n_steps:
+        return []
+    cheap = TofuMetrics(batch_size=cfg.eval.groups.tofu.batch_size, max_length=cfg.max_length,
+                        max_examples=settings.max_examples, generate=False, progress=False)
+    spec, benchmark, run_dir = experiment.spec, experiment.benchmark, experiment.run_dir
+    reference = {}
+    if reference_model is not None:
+        reference["tofu"] = cheap.evaluate(spec.load(reference_model)[0], tokenizer, spec.template, benchmark)
+    return [PeriodicEvaluation([cheap], benchmark, tokenizer, spec.template, settings.every_n_steps, reference,
+                               settings.monitor, settings.mode, run_dir / "best", run_dir / "eval_during_training.json")]

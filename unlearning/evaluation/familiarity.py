@@ -16,7 +16,7 @@ from unlearning.data.anchored_terms import load_dictionary, term_pattern
 from unlearning.data.collate import PromptTemplate, encode_qa
 from unlearning.errors import ConfigError
 from unlearning.evaluation.base import Evaluation, MetricGroup
-from unlearning.evaluation.tofu import generate_answers, score_tokens
+from unlearning.scoring import generate_answers, score_tokens
 
 
 def term_prompts(texts: Sequence[str], terms: Mapping[str, str], context_words: int = 40,

@@ -16,15 +16,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import yaml
 from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
-from lm_eval.tasks._yaml_loader import load_yaml
 
 from unlearning.data.collate import PromptTemplate
 from unlearning.errors import ConfigError
 from unlearning.evaluation.base import Evaluation, MetricGroup
-from unlearning.evaluation.tofu import eval_mode
+from unlearning.scoring import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,18 @@ def task_manager(include_defaults: bool = True) -> TaskManager:
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults)
 
 
-def registered_config(task: str, include_defaults: bool = True) -> dict[str, Any]:
-    """The task's config as the harness registered it: includes merged, `!function`s resolved."""
+def registered_entry(task: str, include_defaults: bool = True):
+    """The task's entry in the harness's index: `yaml_path`, the YAML it was registered from, and `cfg`,
+    its config with includes merged and `!function`s left unresolved (read here for plain keys only)."""
     entry = task_manager(include_defaults).task_index.get(task)
     if entry is None or entry.yaml_path is None:
         raise ConfigError(f"lm_eval.tasks: {task!r} is not a task the harness (or {TASKS_DIR}) defines in YAML")
-    return load_yaml(entry.yaml_path, resolve_func=True)
+    return entry
 
 
-def with_data_file(config: Mapping[str, Any], data_file: Path, **dataset_kwargs: Any) -> dict[str, Any]:
-    """`config` reading its evaluated split (test if it has one, else validation) from a local JSONL file.
+def data_file_overrides(config: Mapping[str, Any], data_file: Path, **dataset_kwargs: Any) -> dict[str, Any]:
+    """The keys that make `config` read its evaluated split (test if it has one, else validation) from a
+    local JSONL file.
 
     Only the data source changes; every other split is dropped (few-shot examples then come from the
     evaluated split, the harness's own fallback, minus the document being asked).
@@ -75,10 +77,20 @@ def with_data_file(config: Mapping[str, Any], data_file: Path, **dataset_kwargs:
         raise ConfigError(f"lm_eval: task {config['task']} reads {data_file}, which does not exist")
     split_key = "test_split" if config.get("test_split") else "validation_split"
     split = config[split_key]
-    return {**config, "dataset_path": "json", "dataset_name": None,
+    return {"dataset_path": "json", "dataset_name": None,
             "dataset_kwargs": {"data_files": {split: str(data_file)}, **dataset_kwargs},
             "training_split": None, "validation_split": None, "test_split": None, "fewshot_split": None,
             split_key: split}
+
+
+def override_task_file(entry, overrides: Mapping[str, Any], folder: Path) -> str:
+    """A task YAML in `folder` that is the registered task with `overrides` on top, through the harness's
+    own `include:` (its keys first, ours win; its `!function`s resolve beside the original YAML)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{entry.name}.yaml"
+    path.write_text(yaml.safe_dump({"include": str(Path(entry.yaml_path).resolve()), **overrides},
+                                   sort_keys=False, allow_unicode=True))
+    return str(path)
 
 
 def template_prompt(template: PromptTemplate, tokenizer, output_type: str) -> dict[str, str]:
@@ -157,29 +169,34 @@ class HarnessMetrics(MetricGroup):
         if not self.tasks and not benchmark_tasks:
             raise ConfigError("lm_eval.tasks is empty and lm_eval.benchmark_tasks is false: nothing to evaluate")
 
-    def task_specs(self, benchmark_files: Mapping[str, Path], template: PromptTemplate, tokenizer) -> list:
-        """What `simple_evaluate` gets per task: a name (hub data) or a config dict (local data)."""
+    def task_specs(self, benchmark_files: Mapping[str, Path], template: PromptTemplate, tokenizer,
+                   folder: Path) -> list:
+        """What `simple_evaluate` gets per task: a name (hub data) or the path of a task YAML written to
+        `folder` that includes the registered one and changes its data source (local data)."""
         specs: list = []
         for task in self.tasks:
             if task in self.data_files:
-                specs.append(with_data_file(registered_config(task), self.data_files[task]))
+                entry = registered_entry(task)
+                specs.append(override_task_file(entry, data_file_overrides(entry.cfg, self.data_files[task]), folder))
             else:
                 if self.data_files:
                     log.warning("lm_eval: no local file for task %s, loading it from the hub", task)
                 specs.append(task)
         for task, eval_set in BENCHMARK_TASKS.items() if benchmark_files else ():
-            folder = benchmark_files[eval_set].parent
+            entry = registered_entry(task, bool(self.tasks))
+            data_folder = benchmark_files[eval_set].parent
             # the datasets cache of these files lives beside them, not in ~/.cache for every temp folder
-            config = with_data_file(registered_config(task, bool(self.tasks)), benchmark_files[eval_set],
-                                    cache_dir=str(folder / "datasets_cache"))
-            specs.append({**config, **template_prompt(template, tokenizer, config["output_type"])})
+            overrides = data_file_overrides(entry.cfg, benchmark_files[eval_set],
+                                            cache_dir=str(data_folder / "datasets_cache"))
+            overrides.update(template_prompt(template, tokenizer, entry.cfg["output_type"]))
+            specs.append(override_task_file(entry, overrides, folder))
         return specs
 
     def evaluate(self, model, tokenizer, template, benchmark) -> Evaluation:
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(self.benchmark_dir).expanduser() if self.benchmark_dir else Path(scratch)
             files = write_benchmark_sets(benchmark, folder) if self.benchmark_tasks else {}
-            specs = self.task_specs(files, template, tokenizer)
+            specs = self.task_specs(files, template, tokenizer, Path(scratch) / "task_yamls")
             with eval_mode(model):
                 results = simple_evaluate(
                     model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, max_length=self.max_length),

@@ -20,7 +20,7 @@ import torch
 
 from unlearning.evaluation.base import Evaluation, MetricGroup
 from unlearning.evaluation.mia import labelled_token_values
-from unlearning.evaluation.tofu import generate_answers
+from unlearning.scoring import generate_answers
 from unlearning.ops import next_token_targets
 
 # ---------------------------------------------------------------------------------------------- pure

@@ -30,7 +30,7 @@ from unlearning.data.benchmark import DataError
 from unlearning.data.collate import PromptTemplate, encode_qa, encode_record
 from unlearning.errors import ConfigError
 from unlearning.evaluation.base import Evaluation, MetricGroup
-from unlearning.evaluation.tofu import eval_mode, score_tokens
+from unlearning.scoring import eval_mode, score_tokens
 from unlearning.ops import mean_token_nll, next_token_targets
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "gradient_norm")

@@ -29,7 +29,7 @@ from unlearning.data.collate import PromptTemplate, encode_prompt
 from unlearning.data.muse import MuseData, load_muse, muse_from_benchmark
 from unlearning.evaluation.base import Evaluation, MetricGroup
 from unlearning.evaluation.mia import labelled_token_values, membership_auc, min_k_percent
-from unlearning.evaluation.tofu import generate_answers, rouge_l_f1
+from unlearning.scoring import generate_answers, rouge_l_f1
 from unlearning.ops import token_logprobs
 
 KNOWMEM_STOP = re.compile(r"\n\n|Question")

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from unlearning.data.collate import PromptTemplate, encode_text
-from unlearning.evaluation.tofu import score_tokens
+from unlearning.scoring import score_tokens
 
 
 def perplexity(model, tokenizer, template: PromptTemplate, texts: Sequence[str], batch_size: int = 32,

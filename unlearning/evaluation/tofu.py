@@ -6,19 +6,16 @@ batched model functions produce those arrays with one forward pass per padded ba
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
-import torch
-from rouge_score import rouge_scorer
 from scipy import stats
 from tqdm.auto import tqdm
 
-from unlearning.data.collate import PromptTemplate, encode_prompt, encode_qa, pad_batch
+from unlearning.data.collate import PromptTemplate
 from unlearning.evaluation.base import Evaluation, MetricGroup
-from unlearning.ops import token_logprobs
+from unlearning.scoring import generate_answers, n_batches, rouge_l_recall, score_answers
 
 TOFU_SETS = ("forget", "retain", "real_authors", "world_facts")
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
@@ -82,103 +79,7 @@ def model_utility(values: Mapping[str, float]) -> float:
     return 0.0 if min(picked) <= 0.0 else float(stats.hmean(picked))
 
 
-def _rouge_l(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool) -> list:
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
-    return [scorer.score(target=ref, prediction=pred)["rougeL"]
-            for pred, ref in zip(predictions, references, strict=True)]
-
-
-def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
-    """Per-example ROUGE-L recall (LCS / |reference|, stemmed): the share of the answer reproduced."""
-    return np.array([score.recall for score in _rouge_l(predictions, references, use_stemmer=True)])
-
-
-def rouge_l_f1(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
-    """Per-example ROUGE-L F1 (harmonic mean of LCS recall and precision), unstemmed as MUSE scores."""
-    return np.array([score.fmeasure for score in _rouge_l(predictions, references, use_stemmer=False)])
-
-
 # --------------------------------------------------------------------------------------------- model
-
-
-@contextmanager
-def eval_mode(model):
-    """Disable dropout while measuring, then give the caller back the model in the mode it had."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def _batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Index batches of similar lengths (longest first, so running out of memory happens at once)."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def _n_batches(n: int, batch_size: int) -> int:
-    return -(-n // batch_size)
-
-
-@torch.no_grad()
-def score_tokens(model, tokenizer, encoded: Sequence[dict], batch_size: int = 32,
-                 progress_bar: tqdm | None = None, token_values: Callable = token_logprobs) -> list[np.ndarray]:
-    """The log-prob of every labelled token of each encoded record (`input_ids`, `labels`), in order;
-    or, per labelled token, whatever `token_values(logits, labels) -> (values [B, T-1, ...], mask)` gives."""
-    scores: list[np.ndarray] = [np.zeros(0)] * len(encoded)
-    with eval_mode(model):
-        for idx in _batches([len(e["input_ids"]) for e in encoded], batch_size):
-            batch = pad_batch([encoded[i] for i in idx], _pad_id(tokenizer))
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           use_cache=False).logits
-            values, mask = token_values(logits, batch["labels"])
-            for row, i in enumerate(idx):
-                scores[i] = values[row][mask[row]].double().cpu().numpy()
-            if progress_bar is not None:
-                progress_bar.update()
-    return scores
-
-
-def score_answers(model, tokenizer, template: PromptTemplate, pairs: Sequence[tuple[str, str]],
-                  batch_size: int = 32, max_length: int = 512,
-                  progress_bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sum of answer-token log-probs and number of answer tokens of each (question, answer), in order."""
-    encoded = [encode_qa(tokenizer, template, q, a, max_length) for q, a in pairs]
-    scores = score_tokens(model, tokenizer, encoded, batch_size, progress_bar)
-    logp = np.array([s.sum() for s in scores])
-    counts = np.array([len(s) for s in scores], dtype=np.int64)
-    if (counts == 0).any():  # a 0/0 here would silently become NaN in every metric downstream
-        question, answer = pairs[int(np.argmax(counts == 0))]
-        raise ValueError(f"answer {answer!r} to {question!r} has no token within max_length={max_length}")
-    return logp, counts
-
-
-@torch.no_grad()
-def generate_answers(model, tokenizer, template: PromptTemplate, questions: Sequence[str],
-                     max_new_tokens: int = 200, batch_size: int = 32,
-                     progress_bar: tqdm | None = None) -> list[str]:
-    """Greedy answers to `questions`, batched with left padding so every prompt ends at the last slot."""
-    prompts = [{"input_ids": encode_prompt(tokenizer, template, q)} for q in questions]
-    answers = [""] * len(prompts)
-    with eval_mode(model):
-        for idx in _batches([len(p["input_ids"]) for p in prompts], batch_size):
-            batch = pad_batch([prompts[i] for i in idx], _pad_id(tokenizer), side="left")
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=_pad_id(tokenizer))
-            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-            for i, text in zip(idx, texts):
-                answers[i] = text.strip()
-            if progress_bar is not None:
-                progress_bar.update()
-    return answers
 
 
 @dataclass
@@ -231,7 +132,7 @@ def evaluate_tofu(model, tokenizer, template: PromptTemplate, eval_sets: Mapping
     sets = {name: eval_sets[name] for name in TOFU_SETS if eval_sets.get(name)}
     flat = {name: _flatten(records) for name, records in sets.items()}
     # one bar over every forward and generate call: scoring batches plus generation batches per set
-    total = sum(_n_batches(len(flat[n][0]), batch_size) + generate * _n_batches(len(r), batch_size)
+    total = sum(n_batches(len(flat[n][0]), batch_size) + generate * n_batches(len(r), batch_size)
                 for n, r in sets.items())
     aggregates, per_example, forget_ratios = {}, {}, np.zeros(0)
     with tqdm(total=total, disable=not progress, desc="TOFU eval") as bar:
@@ -263,6 +164,9 @@ class TofuMetrics(MetricGroup):
     """
 
     name = "tofu"
+    # the table's columns, in this order (the other aggregates are in results.json)
+    columns = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge",
+               "retain_prob", "retain_rouge", "retain_truth_ratio")
 
     def __init__(self, batch_size: int = 32, max_new_tokens: int = 200, max_length: int = 512,
                  max_examples: int | None = None, generate: bool = True, progress: bool = True) -> None:

@@ -15,11 +15,27 @@ import torch
 from torch import nn
 
 from unlearning.errors import ConfigError
+from unlearning.ops import sequence_logprob
 
 
 def forward_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Logits of a causal LM on a padded batch (`input_ids`, `attention_mask`)."""
     return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+
+
+def policy_and_reference_logp(policy: nn.Module, ref: nn.Module,
+                              inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer log-probs [B] (`sequence_logprob`) of one sub-batch under the policy and, without
+    gradient, the frozen reference: (policy_logp, ref_logp).
+
+    The order matters for memory: the reference runs first, and its [B, T, V] logits are reduced to [B]
+    and freed before the policy's forward, whose activations are then held for backward. Run after the
+    policy, the reference's logits would sit on top of those activations and raise the peak.
+    """
+    with torch.no_grad():
+        ref_logp, _ = sequence_logprob(forward_logits(ref, inputs), inputs["labels"])
+    policy_logp, _ = sequence_logprob(forward_logits(policy, inputs), inputs["labels"])
+    return policy_logp, ref_logp
 
 
 def decoder_layer_output(model: nn.Module, inputs: dict[str, torch.Tensor], layer: int) -> torch.Tensor:

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from unlearning.errors import ConfigError
+from unlearning.data import alternates  # noqa: F401  (provides the "alternate" batch set read below)
 from unlearning.methods.base import Objective, forward_logits
 from unlearning.ops import IGNORE_INDEX, masked_mean, mean_token_nll, shift_for_next_token
 

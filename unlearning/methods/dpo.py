@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from unlearning.methods.base import Objective, forward_logits
-from unlearning.ops import sequence_logprob
+from unlearning.data import alternates  # noqa: F401  (provides the "alternate" batch set read below)
+from unlearning.methods.base import Objective, policy_and_reference_logp
 
 
 def dpo_loss(policy_win: torch.Tensor, ref_win: torch.Tensor, policy_lose: torch.Tensor, ref_lose: torch.Tensor,
@@ -24,15 +24,6 @@ def dpo_loss(policy_win: torch.Tensor, ref_win: torch.Tensor, policy_lose: torch
     """DPO on per-sequence log-probs [B] of the preferred (win) and dispreferred (lose) answers."""
     margin = (policy_win - ref_win) - (policy_lose - ref_lose)
     return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
-
-
-def policy_and_reference_logp(policy, ref, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed answer log-probs [B] of one sub-batch under the policy and, without gradient, the reference
-    (computed first, so its logits are freed before the policy's activations are held for backward)."""
-    with torch.no_grad():
-        ref_logp, _ = sequence_logprob(forward_logits(ref, inputs), inputs["labels"])
-    policy_logp, _ = sequence_logprob(forward_logits(policy, inputs), inputs["labels"])
-    return policy_logp, ref_logp
 
 
 class DPO(Objective):

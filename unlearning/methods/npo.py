@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from unlearning.methods.base import Objective, forward_logits
-from unlearning.ops import sequence_logprob
+from unlearning.methods.base import Objective, policy_and_reference_logp
 
 
 def npo_loss(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
@@ -29,10 +28,5 @@ class NPO(Objective):
         self.beta = beta
 
     def forward(self, policy, batch, ref):
-        forget = batch["forget"]
-        # The reference first: its logits are freed once reduced to [B] log-probs, before the policy's
-        # activations are held for backward, so they never add to the peak.
-        with torch.no_grad():
-            ref_logp, _ = sequence_logprob(forward_logits(ref, forget), forget["labels"])
-        policy_logp, _ = sequence_logprob(forward_logits(policy, forget), forget["labels"])
+        policy_logp, ref_logp = policy_and_reference_logp(policy, ref, batch["forget"])
         return npo_loss(policy_logp, ref_logp, self.beta)

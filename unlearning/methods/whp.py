@@ -21,8 +21,13 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
+from unlearning.data.anchored_terms import TEXT_FIELDS, anchor_records, load_dictionary, save_dictionary
 from unlearning.methods.base import Objective, forward_logits
 from unlearning.ops import IGNORE_INDEX, kl_to_reference, mean_token_nll
+from unlearning.stages.inputs import StageInputs, batch_set
+from unlearning.whp_terms import propose_terms
+
+PROPOSED_TERMS_FILE = "anchored_terms.yaml"
 
 
 def generic_logits(baseline: torch.Tensor, reinforced: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -65,6 +70,28 @@ class WHP(Objective):
             baseline = gather_aligned(forward_logits(ref, block["translated"]), block["aligned_positions"])
             v_generic = generic_logits(baseline, forward_logits(reinforced, block), self.alpha)
         return whp_loss(forward_logits(policy, block), v_generic, block["labels"], self.soft)
+
+
+def anchored_terms(inputs: StageInputs) -> dict[str, str]:
+    """The dictionary: `data.anchored_terms` (a file or shipped name), else proposed from the forget
+    records by unlearn-whp-terms' ranking (reinforced over baseline log-probs), saved in the run folder."""
+    cfg = inputs.experiment.cfg
+    if cfg.data.get("anchored_terms"):
+        return load_dictionary(cfg.data.anchored_terms)
+    texts = [" ".join(r[k] for k in TEXT_FIELDS if k in r) for r in inputs.batch_set("forget")]
+    terms = propose_terms(inputs.policy, inputs.frozen("reinforced"), inputs.tokenizer, texts,
+                          max_length=cfg.max_length)
+    save_dictionary(inputs.experiment.run_dir / PROPOSED_TERMS_FILE, terms,
+                    "Proposed from the forget set (no data.anchored_terms).")
+    return terms
+
+
+@batch_set("anchored")
+def anchored_set(inputs: StageInputs) -> list[dict]:
+    """Each forget record with its translation by the anchored terms and the token alignment of the two."""
+    experiment = inputs.experiment
+    return anchor_records(inputs.tokenizer, experiment.spec.template, inputs.batch_set("forget"),
+                          anchored_terms(inputs), experiment.cfg.max_length)
 
 
 class WHPInference(nn.Module):

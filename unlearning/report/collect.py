@@ -25,7 +25,7 @@ from unlearning.results import FAILED_FILE
 
 RESULTS_FILE = "results.json"
 EVAL_HISTORY_FILE = "eval_during_training.json"
-REQUEST_FOLDER = re.compile(r"request(\d+)")  # a sequential run's requests (unlearning/sequential.py)
+REQUEST_FOLDER = re.compile(r"request(\d+)")  # a sequential run's requests (unlearning/protocols/sequential.py)
 EVAL_PREFIX = "eval/"
 LOSS_PREFIX = "train/"
 SEED_ITEM = re.compile(r"(^|,)seed=[^,]*")

@@ -11,16 +11,15 @@ that is unstable shows utility draining away as requests accumulate.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 from omegaconf import DictConfig
 
-from unlearning.dashboards import publish_results
 from unlearning.errors import ConfigError
-from unlearning.lora import MERGED_FOLDER
-from unlearning.pipeline import build_protocol, report
+from unlearning.evaluation.evaluator import ModelSource
+from unlearning.experiment import Experiment
+from unlearning.stages.finetune import target_and_retain
+from unlearning.stages.unlearn import unlearn, unlearned_folder
 from unlearning.strategies import require_one_process
-from unlearning.sweeps import sweep_objective
 
 
 def request_slices(n_records: int, requests: int) -> list[slice]:
@@ -40,26 +39,21 @@ def run_sequential(cfg: DictConfig, requests: int = 4) -> float | list[float]:
     if isinstance(cfg.get("resume"), str):
         raise ConfigError(f"resume={cfg.resume}: protocol=tofu_sequential resumes its run folder (resume=true), "
                           "not one checkpoint file, which every request would start from")
-    protocol = build_protocol(cfg)
-    if protocol.spec.lora is not None and not protocol.spec.lora.merge_on_save:
+    experiment = Experiment.from_config(cfg)
+    lora = experiment.spec.lora
+    if lora is not None and not lora.merge_on_save:
         raise ConfigError("protocol=tofu_sequential with LoRA needs model.lora.merge_on_save=true: "
                           "each request starts from the previous request's merged model")
-    target = protocol.finetune("target", protocol.benchmark.full)
-    retain_model = protocol.finetune("retain", protocol.benchmark.retain)
-    evaluations = {"target": protocol.evaluate_cached(target), "retain": protocol.evaluate_cached(retain_model)}
-    paths = {"target": str(target), "retain": str(retain_model)}
-    start: Path = target
-    forget = protocol.benchmark.forget
+    target, retain_model = target_and_retain(experiment)
+    sources = [ModelSource("target", target, cached=True), ModelSource("retain", retain_model, cached=True)]
+    scored = experiment.evaluator.score(sources)
+    start, forget = target, experiment.benchmark.forget
     for i, part in enumerate(request_slices(len(forget), requests), start=1):
-        request = replace(protocol, benchmark=replace(protocol.benchmark, forget=forget[part]),
-                          run_dir=protocol.run_dir / f"request{i}", unlearn_stage=f"request{i}/unlearn")
-        policy, tokenizer = request.unlearn(start, reference_model=retain_model)
-        start = request.run_dir / "unlearned"
-        if protocol.spec.lora is not None:
-            start = start / MERGED_FOLDER
-        name = f"after_request{i}"
-        evaluations[name] = protocol.evaluate(policy, tokenizer)
-        paths[name] = str(start)
-    models = report(protocol, evaluations, "retain", paths)
-    publish_results(cfg, protocol.run_dir / "results.json", models)
-    return sweep_objective(models[f"after_request{requests}"], cfg.objective_metric)
+        request = replace(experiment, benchmark=replace(experiment.benchmark, forget=forget[part]),
+                          run_dir=experiment.run_dir / f"request{i}", unlearn_stage=f"request{i}/unlearn")
+        loaded = unlearn(request, start, reference_model=retain_model)
+        start = unlearned_folder(request)
+        sources.append(ModelSource(f"after_request{i}", start, loaded=loaded))
+        scored.update(experiment.evaluator.score(sources[-1:]))
+    results = experiment.evaluator.results(scored, "retain", sources)
+    return experiment.conclude(results, model=f"after_request{requests}")

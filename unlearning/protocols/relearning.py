@@ -15,48 +15,43 @@ from dataclasses import replace
 
 from omegaconf import DictConfig
 
-from unlearning.config import build
-from unlearning.dashboards import publish_results
 from unlearning.errors import ConfigError
+from unlearning.evaluation.evaluator import ModelSource
+from unlearning.experiment import Experiment
 from unlearning.methods.language_modeling import LanguageModeling
-from unlearning.pipeline import Protocol, build_protocol, report
+from unlearning.settings import TrainingSettings
+from unlearning.stages.finetune import target_and_retain
+from unlearning.stages.inputs import Inputs
+from unlearning.stages.unlearn import UNLEARNED_FOLDER, unlearn
 from unlearning.strategies import require_one_process, save_full_weights
-from unlearning.sweeps import sweep_objective
 
 
-def split_forget(protocol: Protocol, fraction: float) -> tuple[list[dict], Protocol]:
+def split_forget(benchmark, fraction: float):
     """The records the attack relearns on (the first `fraction` of the forget set: whole authors, since
-    TOFU lists an author's questions consecutively) and a protocol whose forget set is the rest."""
+    TOFU lists an author's questions consecutively) and the benchmark whose forget set is the rest."""
     if not 0 < fraction < 1:
         raise ConfigError(f"protocol.fraction={fraction} must be in (0, 1): part of the forget set is relearned, "
                           "the rest measures what came back")
-    benchmark = protocol.benchmark
     cut = max(1, min(len(benchmark.forget) - 1, round(fraction * len(benchmark.forget))))
     held_out = replace(benchmark, forget=benchmark.forget[cut:], forget_perturbed=benchmark.forget_perturbed[cut:])
-    return benchmark.forget[:cut], replace(protocol, benchmark=held_out)
+    return benchmark.forget[:cut], held_out
 
 
 def run_relearning(cfg: DictConfig, fraction: float = 0.5, epochs: int = 1, lr: float = 1e-3,
                    batch_size: int = 16, max_steps: int = -1) -> float | list[float]:
     """TOFU stages, then the relearning attack; returns the relearned model's `cfg.objective_metric`."""
     require_one_process(cfg, "tofu_relearn")
-    protocol = build_protocol(cfg)
-    relearn_records, held_out = split_forget(protocol, fraction)
-    target = protocol.finetune("target", protocol.benchmark.full)
-    retain_model = protocol.finetune("retain", protocol.benchmark.retain)
-    policy, tokenizer = protocol.unlearn(target, reference_model=retain_model)
-    evaluations = {
-        "target": held_out.evaluate_cached(target),
-        "retain": held_out.evaluate_cached(retain_model),
-        "unlearned": held_out.evaluate(policy, tokenizer),
-    }
-    protocol.train(policy, tokenizer, LanguageModeling(), None, {"train": relearn_records},
-                   build(cfg.optimizer, lr=lr), batch_size, "relearn", epochs, max_steps)
-    relearned = protocol.run_dir / "relearned"
-    save_full_weights(policy, tokenizer, relearned)
-    evaluations["relearned"] = held_out.evaluate(policy, tokenizer)
-    paths = {"target": str(target), "retain": str(retain_model), "unlearned": str(protocol.run_dir / "unlearned"),
-             "relearned": str(relearned)}
-    models = report(held_out, evaluations, "retain", paths)
-    publish_results(cfg, protocol.run_dir / "results.json", models)
-    return sweep_objective(models["relearned"], cfg.objective_metric)
+    experiment = Experiment.from_config(cfg)
+    relearn_records, held_out = split_forget(experiment.benchmark, fraction)
+    evaluator = experiment.evaluator.with_benchmark(held_out)
+    target, retain_model = target_and_retain(experiment)
+    policy, tokenizer = unlearn(experiment, target, reference_model=retain_model)
+    sources = [ModelSource("target", target, cached=True), ModelSource("retain", retain_model, cached=True),
+               ModelSource("unlearned", experiment.run_dir / UNLEARNED_FOLDER, loaded=(policy, tokenizer))]
+    scored = evaluator.score(sources)  # before the attack trains the same policy further
+    attack = TrainingSettings(epochs=epochs, lr=lr, batch_size=batch_size, max_steps=max_steps)
+    experiment.trainer.fit(policy, tokenizer, LanguageModeling(), Inputs({"train": relearn_records}), attack, "relearn")
+    relearned = ModelSource("relearned", experiment.run_dir / "relearned", loaded=(policy, tokenizer))
+    save_full_weights(policy, tokenizer, relearned.folder)
+    scored.update(evaluator.score([relearned]))
+    return experiment.conclude(evaluator.results(scored, "retain", [*sources, relearned]), model="relearned")

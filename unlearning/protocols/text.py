@@ -1,0 +1,48 @@
+"""The plain-text protocol (WHP's setting, arXiv 2310.02238): base -> finetune target on the forget text
+-> (reinforced: target further finetuned on it) -> unlearn -> probability familiarity + perplexity.
+
+Rows of the table: base (the model before it read the text), target, reinforced, unlearned, and
+`whp_inference` (MUSE's inference-time WHP on target and reinforced, no training); columns: the text
+metrics (unlearning/evaluation/text.py), and the configured metric groups a text corpus can feed.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from unlearning.data.anchored_terms import load_dictionary
+from unlearning.errors import ConfigError
+from unlearning.evaluation.evaluator import ModelSource
+from unlearning.evaluation.text import TextMetrics, text_metric_groups
+from unlearning.experiment import Experiment
+from unlearning.methods.whp import WHPInference
+from unlearning.stages.finetune import base_model, finetune, reinforce
+from unlearning.stages.unlearn import UNLEARNED_FOLDER, unlearn
+
+
+def run_text(cfg: DictConfig, n_prompts: int = 200, context_words: int = 40, n_forget_blocks: int = 50,
+             batch_size: int = 32) -> float:
+    """Run the stages, print the table, write results.json; returns the unlearned model's term_prob."""
+    if not cfg.data.get("anchored_terms"):
+        raise ConfigError("data.anchored_terms is required by the text protocol (a dictionary file or shipped name)")
+    experiment = Experiment.from_config(cfg)
+    terms = load_dictionary(cfg.data.anchored_terms)
+    text = TextMetrics(terms, n_prompts, context_words, n_forget_blocks, batch_size, cfg.max_length)
+    # before training: a configured group that cannot score text fails now
+    evaluator = experiment.evaluator.with_groups({"text": text, **text_metric_groups(experiment.evaluator.groups)})
+    target = finetune(experiment, "target", experiment.benchmark.forget)
+    reinforced = reinforce(experiment, target)
+    policy, tokenizer = unlearn(experiment, target)
+
+    def inference():  # MUSE's inference-time WHP on the target and the reinforced model
+        spec = experiment.spec
+        return WHPInference(spec.load(target)[0], spec.load(reinforced)[0], cfg.method.get("alpha", 5.0)), tokenizer
+
+    results = experiment.evaluate([
+        ModelSource("base", base_model(experiment)), ModelSource("target", target),
+        ModelSource("reinforced", reinforced, groups=["text"]),
+        ModelSource("unlearned", experiment.run_dir / UNLEARNED_FOLDER, loaded=(policy, tokenizer)),
+        ModelSource("whp_inference", make=inference, groups=["text"]),
+    ], reference=None, evaluator=evaluator)
+    return experiment.conclude(results, metric="term_prob", n_prompts=len(text.prompts(experiment.benchmark)),
+                               anchored_terms=terms)

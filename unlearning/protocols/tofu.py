@@ -1,0 +1,25 @@
+"""TOFU (Maini et al. 2024, arXiv 2401.06121): finetune the target (all splits) and the retain model
+(retainXX) -> unlearn forgetXX from the target -> score the three; forget quality is measured against
+the retain model, which never saw the forget set."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from unlearning.evaluation.evaluator import ModelSource
+from unlearning.experiment import Experiment
+from unlearning.stages.finetune import target_and_retain
+from unlearning.stages.unlearn import UNLEARNED_FOLDER, unlearn
+
+
+def run_tofu(cfg: DictConfig) -> float | list[float]:
+    """Returns the unlearned model's `cfg.objective_metric` (a name or a list) for sweepers."""
+    experiment = Experiment.from_config(cfg)
+    target, retain_model = target_and_retain(experiment)
+    policy, tokenizer = unlearn(experiment, target, reference_model=retain_model)
+    results = experiment.evaluate([
+        ModelSource("target", target, cached=True),
+        ModelSource("retain", retain_model, cached=True),
+        ModelSource("unlearned", experiment.run_dir / UNLEARNED_FOLDER, loaded=(policy, tokenizer)),
+    ])
+    return experiment.conclude(results)

@@ -1,0 +1,115 @@
+"""Scoring primitives every metric group, selector and the WHP term proposal share: token log-probs of
+encoded records in padded batches, batched greedy generation, ROUGE-L.
+
+Batches group records of similar length (longest first, so running out of memory happens at once);
+the model is measured in eval mode and given back in the mode it had.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from rouge_score import rouge_scorer
+from tqdm.auto import tqdm
+
+from unlearning.data.collate import PromptTemplate, encode_prompt, encode_qa, pad_batch
+from unlearning.ops import token_logprobs
+
+
+@contextmanager
+def eval_mode(model):
+    """Disable dropout while measuring, then give the caller back the model in the mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Index batches of similar lengths (longest first, so running out of memory happens at once)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def n_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+@torch.no_grad()
+def score_tokens(model, tokenizer, encoded: Sequence[dict], batch_size: int = 32,
+                 progress_bar: tqdm | None = None, token_values: Callable = token_logprobs) -> list[np.ndarray]:
+    """The log-prob of every labelled token of each encoded record (`input_ids`, `labels`), in order;
+    or, per labelled token, whatever `token_values(logits, labels) -> (values [B, T-1, ...], mask)` gives."""
+    scores: list[np.ndarray] = [np.zeros(0)] * len(encoded)
+    with eval_mode(model):
+        for idx in length_batches([len(e["input_ids"]) for e in encoded], batch_size):
+            batch = pad_batch([encoded[i] for i in idx], pad_id(tokenizer))
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False).logits
+            values, mask = token_values(logits, batch["labels"])
+            for row, i in enumerate(idx):
+                scores[i] = values[row][mask[row]].double().cpu().numpy()
+            if progress_bar is not None:
+                progress_bar.update()
+    return scores
+
+
+def score_answers(model, tokenizer, template: PromptTemplate, pairs: Sequence[tuple[str, str]],
+                  batch_size: int = 32, max_length: int = 512,
+                  progress_bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of answer-token log-probs and number of answer tokens of each (question, answer), in order."""
+    encoded = [encode_qa(tokenizer, template, q, a, max_length) for q, a in pairs]
+    scores = score_tokens(model, tokenizer, encoded, batch_size, progress_bar)
+    logp = np.array([s.sum() for s in scores])
+    counts = np.array([len(s) for s in scores], dtype=np.int64)
+    if (counts == 0).any():  # a 0/0 here would silently become NaN in every metric downstream
+        question, answer = pairs[int(np.argmax(counts == 0))]
+        raise ValueError(f"answer {answer!r} to {question!r} has no token within max_length={max_length}")
+    return logp, counts
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, template: PromptTemplate, questions: Sequence[str],
+                     max_new_tokens: int = 200, batch_size: int = 32,
+                     progress_bar: tqdm | None = None) -> list[str]:
+    """Greedy answers to `questions`, batched with left padding so every prompt ends at the last slot."""
+    prompts = [{"input_ids": encode_prompt(tokenizer, template, q)} for q in questions]
+    answers = [""] * len(prompts)
+    with eval_mode(model):
+        for idx in length_batches([len(p["input_ids"]) for p in prompts], batch_size):
+            batch = pad_batch([prompts[i] for i in idx], pad_id(tokenizer), side="left")
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=pad_id(tokenizer))
+            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            for i, text in zip(idx, texts):
+                answers[i] = text.strip()
+            if progress_bar is not None:
+                progress_bar.update()
+    return answers
+
+
+def _rouge_l(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool) -> list:
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
+    return [scorer.score(target=ref, prediction=pred)["rougeL"]
+            for pred, ref in zip(predictions, references, strict=True)]
+
+
+def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """Per-example ROUGE-L recall (LCS / |reference|, stemmed): the share of the answer reproduced."""
+    return np.array([score.recall for score in _rouge_l(predictions, references, use_stemmer=True)])
+
+
+def rouge_l_f1(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """Per-example ROUGE-L F1 (harmonic mean of LCS recall and precision), unstemmed as MUSE scores."""
+    return np.array([score.fmeasure for score in _rouge_l(predictions, references, use_stemmer=False)])

@@ -1,0 +1,1 @@
+"""The stages of a protocol: their inputs, cache, training loop, and the stages themselves."""

@@ -1,0 +1,165 @@
+"""Where finished work is kept, so that no run loses it: the stage cache, the run folder's saved
+models, and the unlearning checkpoint's resume policy.
+
+Finished stages (base model, finetuned target, retain and reinforced models) are cached under
+`paths.cache_dir` in folders named by a hash of everything that determines them (model config, the
+records trained on, training settings, seed), so a sweep finetunes its target and retain model once. A
+stage is built in a temporary folder and renamed into place when complete; a lock makes concurrent
+sweep jobs wait for one build, not repeat it. The unlearned model is saved in the run folder the same
+way, and a checkpoint records the config it was written under, so a resumed run never continues
+another config's training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from filelock import FileLock
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+
+from unlearning.config import config_fingerprint, fingerprint
+from unlearning.errors import ConfigError
+from unlearning.results import write_json_atomic
+from unlearning.strategies import barrier, broadcast, global_rank
+from unlearning.sweeps import in_multirun
+
+log = logging.getLogger(__name__)
+
+DONE_MARKER = "STAGE_DONE.json"
+CHECKPOINT_FOLDER = "checkpoints"
+CHECKPOINT_CONFIG = "CONFIG.json"
+
+
+def build_folder(folder: Path, make: Callable[[Path], Any], record: Mapping) -> Any:
+    """`make(<folder>.partial)`, then `record` written there as the done marker and the folder renamed to
+    `folder`: a process killed while building leaves a `.partial` folder, never one taken for finished,
+    and the next build starts afresh; a build that raises removes its `.partial` folder. Every rank calls
+    it (`make` may be collective); rank 0 alone touches the files. Returns what `make` returns."""
+    lead = global_rank() == 0
+    tmp = folder.with_name(folder.name + ".partial")
+    if lead:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    try:
+        made = make(tmp)
+        if lead:
+            write_json_atomic(tmp / DONE_MARKER, record)
+            shutil.rmtree(folder, ignore_errors=True)  # an earlier build being replaced, or an unmarked one
+            tmp.rename(folder)
+    except BaseException:
+        if lead:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    barrier()
+    return made
+
+
+def finished_record(folder: Path) -> dict | None:
+    """The done marker of a folder `build_folder` finished; None if it never finished."""
+    marker = folder / DONE_MARKER
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+class StageCache:
+    """Stage outputs under `root/<stage>-<hash>/`, complete once `STAGE_DONE.json` exists."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+
+    def folder(self, stage: str, parts: Any) -> Path:
+        return self.root / f"{stage}-{fingerprint(parts)}"
+
+    def get_or_build(self, stage: str, parts: Any, make: Callable[[Path], None]) -> Path:
+        """Under several processes rank 0 alone holds the lock and decides for all; every rank runs `make`
+        (a training stage is one collective fit, written by rank 0) and waits for rank 0's rename."""
+        folder = self.folder(stage, parts)
+        self.root.mkdir(parents=True, exist_ok=True)
+        lead = global_rank() == 0
+        with FileLock(str(folder) + ".lock") if lead else nullcontext():
+            if broadcast(finished_record(folder) is not None):
+                log.info("stage %s: reusing %s", stage, folder)
+                return folder
+            if lead:
+                log.info("stage %s: building %s", stage, folder)
+            build_folder(folder, make, {"stage": stage, "parts": parts})
+        return folder
+
+
+@dataclass(frozen=True)
+class ResumePolicy:
+    """How a run continues its run folder's unlearning: `resume` (true: this run folder's last
+    checkpoint; a path: that checkpoint; unset: only in a sweep job relaunched after an interruption),
+    the hash of the config the run computes (`config`), and the checkpoint interval (`every`, null: none)."""
+
+    resume: bool | str | None
+    config: str
+    every: int | None
+    in_sweep: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "ResumePolicy":
+        return cls(cfg.get("resume"), config_fingerprint(cfg), cfg.get("checkpoint_every_n_steps"), in_multirun())
+
+    @property
+    def record(self) -> dict:
+        """The done marker of a model this config saved in its run folder."""
+        return {"stage": "unlearn", "config": self.config}
+
+    def resumes_run_folder(self) -> bool:
+        """`resume=true`, or a sweep job with `resume` unset: a relaunched sweep continues each job's folder."""
+        return self.resume is True or (self.resume is None and self.in_sweep)
+
+    def saved_model(self, folder: Path) -> bool:
+        """Whether `folder` holds the model this config saved (a resumed run killed while evaluating)."""
+        return self.resumes_run_folder() and broadcast(finished_record(folder) == self.record)
+
+    def checkpointing(self, run_dir: Path) -> list:
+        """`<run>/checkpoints/last.ckpt` every `every` unlearning steps, and the config it belongs to."""
+        if not self.every:
+            return []
+        folder = run_dir / CHECKPOINT_FOLDER
+        if global_rank() == 0:  # which config the checkpoints belong to: `checkpoint` checks it
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(folder / CHECKPOINT_CONFIG, {"config": self.config})
+        return [ModelCheckpoint(dirpath=folder, every_n_train_steps=self.every, save_last=True, save_top_k=0)]
+
+    def checkpoint(self, run_dir: Path) -> str | None:
+        """`resume=true`: this run folder's last checkpoint; `resume=<file>`: that checkpoint; a sweep job
+        (`resume` unset): its folder's last checkpoint when an interrupted launch left one. The run folder's
+        checkpoint is taken only if it was written under this config (`resume` aside): a sweep job whose
+        config changed since starts afresh (a finished job's checkpoint is at its last step: resuming it
+        would train nothing), and `resume=true` refuses it. Call it before `checkpointing` records this
+        run's config."""
+        if isinstance(self.resume, str):
+            path = Path(self.resume)
+        elif self.resumes_run_folder():
+            path = run_dir / CHECKPOINT_FOLDER / "last.ckpt"
+        else:
+            return None
+        if not path.is_file():
+            if self.resume is None:  # the job's first launch
+                return None
+            raise ConfigError(f"resume={self.resume}: no checkpoint {path} (resume=true needs "
+                              "hydra.run.dir=<the killed run's folder>)")
+        if not isinstance(self.resume, str) and not broadcast(self.written_under_this_config(path)):
+            if self.resume is True:
+                raise ConfigError(f"resume=true: {path} was written under another config than this run's "
+                                  f"(see {path.parent / CHECKPOINT_CONFIG}); resume=<that file> takes it anyway")
+            log.warning("stage unlearn: %s was written under another config: starting afresh", path)
+            if global_rank() == 0:
+                path.unlink()
+            return None
+        log.info("stage unlearn: resuming from %s", path)
+        return str(path)
+
+    def written_under_this_config(self, checkpoint: Path) -> bool:
+        recorded = checkpoint.parent / CHECKPOINT_CONFIG
+        return recorded.is_file() and json.loads(recorded.read_text()) == {"config": self.config}
