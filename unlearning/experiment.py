@@ -19,7 +19,7 @@ from unlearning.config import build
 from unlearning.dashboards import publish_results
 from unlearning.data.benchmark import QABenchmark
 from unlearning.evaluation.evaluator import Evaluator, ModelSource, Results
-from unlearning.models import ModelSpec
+from unlearning.models import RUNTIME_KEYS, ModelSpec
 from unlearning.settings import StageSettings
 from unlearning.stages.cache import ResumePolicy, StageCache
 from unlearning.stages.training import StageTrainer
@@ -60,8 +60,9 @@ class Experiment:
 
     @property
     def model_key(self) -> dict:
-        # LoRA applies to unlearning only: the cached stages before it do not depend on it.
-        model = {k: v for k, v in OmegaConf.to_container(self.cfg.model, resolve=True).items() if k != "lora"}
+        # LoRA applies to unlearning only, and the memory switches change how, not what, a model learns:
+        # the cached stages do not depend on them.
+        model = {k: v for k, v in OmegaConf.to_container(self.cfg.model, resolve=True).items() if k not in RUNTIME_KEYS}
         return {"model": model, "seed": self.cfg.seed}
 
     def evaluate(self, sources: Sequence[ModelSource], reference: str | None = "retain",

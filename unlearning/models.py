@@ -8,6 +8,7 @@ the benchmark's text and randomly initialised weights), which is what the self-c
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,9 @@ from unlearning.lora import LoraSettings
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTENTION_IMPLEMENTATIONS = (None, "eager", "sdpa", "flash_attention_2")
+# Model config keys that change how a model trains, not what it learns: the cached stages ignore them.
+RUNTIME_KEYS = ("lora", "gradient_checkpointing", "attn_implementation")
 
 
 @dataclass
@@ -34,6 +38,9 @@ class ModelSpec:
     dtype: str = "float32"
     trust_remote_code: bool = False
     lora: LoraSettings | None = None  # null: unlearning trains every weight; else LoRA adapters (unlearning/lora.py)
+    # Memory and speed switches: they change how a model computes, not what (see RUNTIME_KEYS).
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
+    attn_implementation: str | None = None  # eager, sdpa, flash_attention_2; null: transformers' default
 
     def __post_init__(self) -> None:
         if isinstance(self.template, Mapping):
@@ -42,9 +49,19 @@ class ModelSpec:
             self.lora = LoraSettings.from_config(self.lora)
         if self.dtype not in DTYPES:
             raise ConfigError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}")
+        if self.attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ConfigError(f"model.attn_implementation={self.attn_implementation!r} is not one of "
+                              f"{[name for name in ATTENTION_IMPLEMENTATIONS if name]} (or null)")
+        if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("model.attn_implementation=flash_attention_2 needs the flash-attn package "
+                              "(pip install flash-attn, on a CUDA machine); sdpa needs nothing")
 
     def load(self, path: str | Path) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
-        return load_pretrained(path, DTYPES[self.dtype], self.trust_remote_code)
+        model, tokenizer = load_pretrained(path, DTYPES[self.dtype], self.trust_remote_code, self.attn_implementation)
+        if self.gradient_checkpointing:
+            # Non-reentrant: works with frozen inputs (LoRA) and with ZeRO-3's parameter gathering.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model, tokenizer
 
 
 @dataclass
@@ -113,7 +130,8 @@ def train_byte_level_tokenizer(corpus: list[str], vocab_size: int) -> PreTrained
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
-def load_pretrained(path: str | Path, dtype: torch.dtype, trust_remote_code: bool = False):
+def load_pretrained(path: str | Path, dtype: torch.dtype, trust_remote_code: bool = False,
+                    attn_implementation: str | None = None):
     """Model (in train mode) and tokenizer from a hub id or folder; safetensors only (a pickled checkpoint
     can run code when loaded), no remote code unless the model config asks for it.
 
@@ -137,7 +155,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype, trust_remote_code: boo
         log.warning("the tokenizer of %s has no pad token: padding with its EOS token %r", path, tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+        **({"attn_implementation": attn_implementation} if attn_implementation else {}),
     )
     context = getattr(model.config, "max_position_embeddings", None)
     if context:
