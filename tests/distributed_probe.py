@@ -19,8 +19,8 @@ from unlearning.data.datamodule import UnlearningDataModule
 from unlearning.methods.npo import NPO
 from unlearning.models import train_byte_level_tokenizer
 from unlearning.module import UnlearningModule
-from unlearning.stages.inputs import reference_model
 from unlearning.retain import NLLRetain
+from unlearning.stages.inputs import reference_model
 from unlearning.strategies import DeepSpeedOnAnyDevice
 
 

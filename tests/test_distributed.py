@@ -136,3 +136,24 @@ def test_ranks_draw_their_own_retain_samples_and_zero3_shards_frozen_models(stra
             assert all(held == 0 for held, _ in sizes)
         else:
             assert all(held == full for held, full in sizes)
+
+
+@pytest.mark.ci
+@pytest.mark.slow
+def test_zero3_loads_every_model_partitioned(data_dir, tmp_path):
+    """tests/partitioned_load_probe.py: under ZeRO-3 on 2 processes the policy and the reference are
+    partitioned as they are loaded: each rank holds empty placeholders and about half of the elements
+    in its shards, the reference is loaded (frozen), not copied from the policy."""
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "partitioned_load_probe.py"),
+                           str(data_dir / "models" / "stories260K"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rank in ranks:
+        assert not rank["ref_is_policy"]
+        for model in ("policy", "ref"):
+            held, shards, full = rank[model]["held"], rank[model]["shards"], rank[model]["full"]
+            assert held == 0 and full > 250_000
+            assert full / 2 <= shards <= full / 2 + 64 * 100  # half of every parameter, padded per parameter
+        assert rank["policy"]["requires_grad"] and not rank["ref"]["requires_grad"]
+    assert ranks[0]["policy"]["full"] == ranks[1]["policy"]["full"]

@@ -166,9 +166,13 @@ def load_pretrained(path: str | Path, dtype: torch.dtype, trust_remote_code: boo
     return model, tokenizer
 
 
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` in eval mode without gradients: a reference / teacher model objectives compare against."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A no-grad, eval-mode copy: the reference / teacher model that objectives compare against."""
-    ref = copy.deepcopy(model)
-    ref.eval()
-    ref.requires_grad_(False)
-    return ref
+    """A frozen copy of `model` as it is now (the policy before its first step)."""
+    return freeze(copy.deepcopy(model))

@@ -6,9 +6,12 @@ How a multi-process run goes (`unlearn hardware=ddp`, `hardware=deepspeed_zero3`
   pipeline; under torchrun / SLURM the processes exist already and only the process group is set up.
 - Stages: rank 0 takes the cache lock and decides build-or-reuse for all (`broadcast`); every rank
   trains (one collective fit) and `save_full_weights` gathers ZeRO-3 shards, rank 0 alone writes.
-- Frozen models (reference, teacher, reinforced) live inside the LightningModule (`module.frozen`), so
-  DDP keeps a frozen copy per rank and ZeRO-3 partitions them with the policy when `deepspeed.initialize`
-  converts the module's parameters: no rank ever holds a full frozen copy during training.
+- Under ZeRO-3 every model a training stage loads (policy, reference, reinforced, any teacher) is
+  partitioned as it is constructed (`partitioned_loading`: transformers' DeepSpeed integration runs
+  `from_pretrained` inside `deepspeed.zero.Init`): no rank ever holds a full copy, and the reference is
+  loaded from the target's folder, never a deep copy of the policy. Frozen models live inside the
+  LightningModule (`module.frozen`), so DeepSpeed gathers their shards for each forward like the policy's;
+  under DDP and ZeRO-2 every rank holds a full frozen copy.
 - After the last training stage `end_processes` ends the process group; rank 0 evaluates alone from the
   saved full weights (under ZeRO-3 a forward pass of the sharded model would need every rank) and
   writes the results; the other ranks return.
@@ -17,8 +20,9 @@ How a multi-process run goes (`unlearn hardware=ddp`, `hardware=deepspeed_zero3`
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import torch
 from lightning.fabric.utilities.seed import reset_seed
@@ -58,6 +62,48 @@ class DeepSpeedOnAnyDevice(DeepSpeedStrategy):
             dist_init_required=False,
         )
         return engine, deepspeed_optimizer
+
+
+def zero3_init_config(trainer: Mapping) -> dict | None:
+    """The DeepSpeed config `deepspeed.zero.Init` partitions models with, when `trainer` (the hardware's
+    Trainer arguments) runs ZeRO-3 in a process group; None otherwise. The strategy's own config, with
+    the precision Lightning would add at `fit` (the dtype the shards are kept in)."""
+    node = trainer.get("strategy")
+    if not node or not distributed():
+        return None
+    from unlearning.config import build
+
+    strategy = build(node)
+    if not isinstance(strategy, DeepSpeedStrategy) or not strategy.zero_stage_3:
+        return None
+    precision = str(trainer.get("precision", "32-true"))
+    dtypes = {"bf16": {"bf16": {"enabled": True}}, "16": {"fp16": {"enabled": True}}}
+    return {"train_micro_batch_size_per_gpu": 1, **strategy.config, **dtypes.get(precision.split("-")[0], {})}
+
+
+@contextmanager
+def partitioned_loading(trainer: Mapping) -> Iterator[bool]:
+    """Under ZeRO-3 (see `zero3_init_config`), models loaded inside are constructed partitioned: an
+    `HfDeepSpeedConfig` alive during `from_pretrained` makes transformers build the model inside
+    `deepspeed.zero.Init`, and each rank keeps only its shard. Yields whether it partitions."""
+    config = zero3_init_config(trainer)
+    if config is None:
+        yield False
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    alive = HfDeepSpeedConfig(config)  # transformers keeps only a weak reference to it
+    try:
+        yield True
+    finally:
+        unset_hf_deepspeed_config()
+        del alive
+
+
+def is_partitioned(model: nn.Module) -> bool:
+    """Whether every parameter of `model` is a ZeRO-3 shard."""
+    return all(hasattr(p, "ds_id") for p in model.parameters())
 
 
 def start_processes(trainer: DictConfig) -> None:
@@ -118,7 +164,7 @@ def zero3_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """Under ZeRO-3, the model's complete weights on rank 0 (None on the others, and without ZeRO-3).
     The shards are gathered one module at a time, so no rank ever holds more than one layer beyond
     its shard. Collective: every rank calls it."""
-    if not any(hasattr(p, "ds_id") for p in model.parameters()):
+    if not any(hasattr(p, "ds_id") for p in model.parameters()):  # not even partly partitioned
         return None
     import deepspeed
 

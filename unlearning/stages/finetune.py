@@ -14,7 +14,7 @@ from torch import nn
 from unlearning.config import fingerprint
 from unlearning.errors import ConfigError
 from unlearning.methods.language_modeling import LanguageModeling
-from unlearning.models import PretrainedModel, ScratchLlama, frozen_copy
+from unlearning.models import PretrainedModel, ScratchLlama, freeze
 from unlearning.settings import TrainingSettings
 from unlearning.stages.inputs import Inputs, StageInputs, frozen_model
 from unlearning.strategies import global_rank, save_full_weights
@@ -56,7 +56,7 @@ def finetune(experiment: "Experiment", stage: str, records: list[dict], settings
              "records": fingerprint(records), "max_length": experiment.cfg.max_length}
 
     def make(folder: Path) -> None:
-        policy, tokenizer = experiment.spec.load(base)
+        policy, tokenizer = experiment.trainer.load(experiment.spec, base)
         experiment.trainer.fit(policy, tokenizer, LanguageModeling(), Inputs({"train": records}), settings,
                                f"finetune_{stage}")
         save_full_weights(policy, tokenizer, folder)
@@ -77,4 +77,5 @@ def reinforce(experiment: "Experiment", target: Path) -> Path:
 
 @frozen_model("reinforced")
 def reinforced_model(inputs: StageInputs) -> nn.Module:
-    return frozen_copy(inputs.experiment.spec.load(reinforce(inputs.experiment, inputs.target))[0])
+    experiment = inputs.experiment
+    return freeze(experiment.trainer.load(experiment.spec, reinforce(experiment, inputs.target))[0])

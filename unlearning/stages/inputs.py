@@ -23,9 +23,10 @@ from unlearning.config import build
 from unlearning.errors import ConfigError
 from unlearning.lora import AdapterDisabled, is_lora
 from unlearning.methods.base import Objective
-from unlearning.models import frozen_copy
+from unlearning.models import freeze, frozen_copy
 from unlearning.retain import RetainRegularizer
 from unlearning.selectors import DECISIONS_FILE, SelectionContext
+from unlearning.strategies import is_partitioned
 
 if TYPE_CHECKING:
     from unlearning.experiment import Experiment
@@ -145,5 +146,9 @@ def reference_model(policy: nn.Module) -> nn.Module:
 
 @frozen_model("ref")
 def reference(inputs: StageInputs) -> nn.Module:
+    # A ZeRO-3 shard cannot be copied into a model: the reference is loaded (partitioned) from the target.
+    if is_partitioned(inputs.policy) and not is_lora(inputs.policy):
+        experiment = inputs.experiment
+        return freeze(experiment.trainer.load(experiment.spec, inputs.target)[0])
     return reference_model(inputs.policy)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import lightning as L
@@ -20,11 +21,14 @@ from unlearning.config import build
 from unlearning.dashboards import stage_logger
 from unlearning.data.collate import PromptTemplate
 from unlearning.data.datamodule import UnlearningDataModule
+from unlearning.errors import ConfigError
 from unlearning.methods.base import Objective
+from unlearning.models import ModelSpec
 from unlearning.module import UnlearningModule
 from unlearning.retain import RetainRegularizer
 from unlearning.settings import TrainingSettings
 from unlearning.stages.inputs import Inputs
+from unlearning.strategies import is_partitioned, partitioned_loading
 
 STAGE_LENGTH_KEYS = ("max_epochs", "max_steps")  # each stage's own, from its TrainingSettings
 
@@ -43,6 +47,16 @@ class StageTrainer:
         trainer = {key: value for key, value in OmegaConf.to_container(cfg.trainer, resolve=True).items()
                    if key not in STAGE_LENGTH_KEYS}
         return cls(trainer, cfg.optimizer, template, cfg.max_length, cfg.seed, partial(stage_logger, cfg))
+
+    def load(self, spec: ModelSpec, path: str | Path) -> tuple[Any, Any]:
+        """`spec.load(path)` for a training stage: under ZeRO-3 each rank constructs only its shard."""
+        with partitioned_loading(self.trainer) as partitioned:
+            model, tokenizer = spec.load(path)
+        if partitioned and not is_partitioned(model):
+            raise ConfigError(f"hardware runs DeepSpeed ZeRO-3, but {type(model).__name__} from {path} was not "
+                              "partitioned at load (it builds parameters outside deepspeed.zero.Init): "
+                              "use hardware=deepspeed_zero2 or ddp for this model")
+        return model, tokenizer
 
     def fit(self, policy, tokenizer, objective: Objective, inputs: Inputs, settings: TrainingSettings, stage: str,
             *, retain: RetainRegularizer | None = None, trainable_params: str | None = None,

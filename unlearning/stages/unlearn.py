@@ -48,7 +48,7 @@ def unlearn(experiment: "Experiment", target: Path, reference_model: Path | None
     checkpoint = resume.checkpoint(run_dir)  # before `checkpointing` records this run's config there
     objective = build(cfg.method)
     retain = build(cfg.retain) if cfg.get("retain") else None
-    policy, tokenizer = spec.load(target)
+    policy, tokenizer = experiment.trainer.load(spec, target)
     if spec.lora is not None:
         L.seed_everything(cfg.seed, verbose=False)  # the adapters' initialisation, whatever ran before
         policy = add_adapters(policy, spec.lora)
