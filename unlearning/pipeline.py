@@ -11,6 +11,7 @@ from unlearning.config import build
 from unlearning.errors import ConfigError
 from unlearning.evaluation.evaluator import ModelSource
 from unlearning.experiment import Experiment
+from unlearning.launchers import check_launch
 from unlearning.schema import prepare_config
 from unlearning.settings import EvaluationSettings, RunSettings
 from unlearning.strategies import start_processes
@@ -20,6 +21,7 @@ def run(cfg: DictConfig) -> float | list[float]:
     """The entry point's only call: run the configured protocol, return the sweep metric. A multi-process
     trainer (conf/hardware/) starts its processes here; each runs the protocol (unlearning/strategies.py)."""
     prepare_config(cfg, RunSettings)
+    check_launch(cfg.trainer)
     start_processes(cfg.trainer)
     return build(cfg.protocol)(cfg)
 

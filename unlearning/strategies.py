@@ -36,7 +36,14 @@ from unlearning.errors import ConfigError
 class DeepSpeedOnAnyDevice(DeepSpeedStrategy):
     """Lightning's DeepSpeed strategy, also on CPU (gloo): Lightning refuses any accelerator but CUDA and
     gives DeepSpeed the CUDA device index, which a CPU device lacks. Takes every DeepSpeedStrategy
-    argument; a torch optimizer runs with the default `zero_allow_untested_optimizer=True`."""
+    argument; a torch optimizer runs with the default `zero_allow_untested_optimizer=True`.
+    `zero_settings`: further `zero_optimization` keys by DeepSpeed's names, e.g. ZeRO-3's
+    `stage3_max_live_parameters` (how many gathered elements stay resident between uses), which
+    Lightning's arguments do not reach."""
+
+    def __init__(self, *args: Any, zero_settings: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config["zero_optimization"].update(zero_settings or {})
 
     def setup_environment(self) -> None:
         DDPStrategy.setup_environment(self)  # DeepSpeedStrategy's own only adds the CUDA-only check
@@ -69,7 +76,7 @@ def zero3_init_config(trainer: Mapping) -> dict | None:
     Trainer arguments) runs ZeRO-3 in a process group; None otherwise. The strategy's own config, with
     the precision Lightning would add at `fit` (the dtype the shards are kept in)."""
     node = trainer.get("strategy")
-    if not node or not distributed():
+    if not isinstance(node, Mapping) or not distributed():  # a name ("ddp") is never ZeRO-3
         return None
     from unlearning.config import build
 
