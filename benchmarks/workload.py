@@ -55,6 +55,11 @@ class Settings:
     eval_records: int = option(50, "forget10 records evaluated in item 3")
     scaling_base: int = option(8, "forget records at 1x in item 5 (a multiple of --batch-size)")
     memory_steps: int = option(3, "training steps of each memory-measuring process (item 4)")
+    plan_hidden_size: int = option(1024, "hidden size of item 6's Llama (8 layers: 101.7M parameters)")
+    plan_num_layers: int = option(8, "decoder layers of item 6's Llama")
+    plan_configs: str = option("single,single_checkpointing,ddp,zero2,zero2_checkpointing,zero3",
+                               "configs of item 6 (plan vs reality), comma-separated; benchmarks/plan_vs_reality.py "
+                               "lists them")
 
     def check(self, forget_size: int) -> None:
         needed = {"--steps x --batch-size": self.steps * self.batch_size,
@@ -73,6 +78,20 @@ def project_config(data_dir: Path, *overrides: str) -> DictConfig:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=[
             "experiment=tofu_stories260K", f"paths.data_dir={data_dir}", "paths.run_dir=unused", *overrides])
+
+
+def random_llama(tokenizer, hidden: int, layers: int, positions: int, seed: int) -> LlamaForCausalLM:
+    """A randomly initialised Llama (same weights for a given seed) in train mode: heads of 64, Llama's
+    8/3 MLP ratio rounded up to 32, embeddings tied, `tokenizer`'s vocabulary and special tokens."""
+    heads = max(1, hidden // HEAD_DIM)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=-(-8 * hidden // 3 // 32) * 32,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=positions, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config).train()
 
 
 class Workload:
@@ -118,18 +137,8 @@ class Workload:
 
     def training_model(self) -> LlamaForCausalLM:
         """The randomly initialised benchmark Llama (same weights for a given seed), in train mode."""
-        hidden = self.settings.hidden_size
-        heads = max(1, hidden // HEAD_DIM)
-        config = LlamaConfig(
-            vocab_size=len(self.tokenizer), hidden_size=hidden,
-            intermediate_size=-(-8 * hidden // 3 // 32) * 32,  # Llama's 8/3 ratio, rounded up to 32
-            num_hidden_layers=self.settings.num_layers, num_attention_heads=heads, num_key_value_heads=heads,
-            max_position_embeddings=2 * self.config.max_length, tie_word_embeddings=True,
-            bos_token_id=self.tokenizer.bos_token_id, eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id)
-        with torch.random.fork_rng():
-            torch.manual_seed(self.config.seed)
-            return LlamaForCausalLM(config).train()
+        return random_llama(self.tokenizer, self.settings.hidden_size, self.settings.num_layers,
+                            2 * self.config.max_length, self.config.seed)
 
     @cached_property
     def training_model_description(self) -> str:

@@ -11,13 +11,13 @@ import pytest
 import torch
 import transformers
 
-from benchmarks import memory
+from benchmarks import memory, plan_vs_reality
 from benchmarks.__main__ import main
 from benchmarks.report import MISMATCH
 from benchmarks.runs import EXCLUDED_METHODS, trained_methods
 
 SECTIONS = ("## 1. Step throughput", "## 2. Our training step vs a Hugging Face", "## 3. TOFU evaluation",
-            "## 4. Peak memory", "## 5. Cost growth")
+            "## 4. Peak memory", "## 5. Cost growth", "## 6. Memory plan vs reality")
 
 
 @pytest.fixture
@@ -45,8 +45,8 @@ def logging_restored():
 
 @pytest.fixture
 def memory_in_process(monkeypatch, capsys):
-    """The memory item's measuring processes, run in this process (their command line included): starting
-    two Python processes that import Lightning would take most of this test's time budget."""
+    """The memory items' measuring processes, run in this process (their command line included): starting
+    Python processes that import Lightning would take most of this test's time budget."""
     def measure(settings, method):
         capsys.readouterr()
         memory.main(memory.child_arguments(settings, method))
@@ -54,12 +54,20 @@ def memory_in_process(monkeypatch, capsys):
 
     monkeypatch.setattr(memory, "measure_in_subprocess", measure)
 
+    def child(*arguments):  # item 6's measuring processes: its baseline and the ranks of one config
+        capsys.readouterr()
+        plan_vs_reality.main(list(arguments))
+        return capsys.readouterr().out
+
+    monkeypatch.setattr(plan_vs_reality, "child", child)
+
 
 def test_suite_writes_every_section(data_dir, tmp_path, one_thread, logging_restored, memory_in_process):
     output = tmp_path / "RESULTS.md"
     main(["--data-dir", str(data_dir), "--repeats", "1", "--warmup", "0", "--steps", "2", "--batch-size", "2",
           "--hidden-size", "16", "--num-layers", "2", "--eval-records", "2", "--scaling-base", "2",
-          "--memory-steps", "1", "--output", str(output)])
+          "--memory-steps", "1", "--plan-hidden-size", "16", "--plan-num-layers", "2", "--plan-configs", "single",
+          "--output", str(output)])
     text = output.read_text()
     assert text.startswith("# Benchmark results") and "- Command: `python -m benchmarks --data-dir" in text
     for section in SECTIONS:

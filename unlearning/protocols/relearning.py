@@ -26,6 +26,10 @@ from unlearning.stages.unlearn import UNLEARNED_FOLDER, unlearn
 from unlearning.strategies import require_one_process, save_full_weights
 
 
+# What this script trains, for unlearn-plan (unlearning/planning/stages.py).
+TRAINING_STAGES = ("finetune_target", "finetune_retain", "unlearn", "relearn")
+
+
 def split_forget(benchmark, fraction: float):
     """The records the attack relearns on (the first `fraction` of the forget set: whole authors, since
     TOFU lists an author's questions consecutively) and the benchmark whose forget set is the rest."""

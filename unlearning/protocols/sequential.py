@@ -22,6 +22,10 @@ from unlearning.stages.unlearn import unlearn, unlearned_folder
 from unlearning.strategies import require_one_process
 
 
+# What this script trains, for unlearn-plan (unlearning/planning/stages.py).
+TRAINING_STAGES = ("finetune_target", "finetune_retain", "unlearn")  # each request: an unlearn stage
+
+
 def request_slices(n_records: int, requests: int) -> list[slice]:
     """`requests` contiguous, nearly equal parts of `n_records` (the first ones one longer if uneven)."""
     if not 1 <= requests <= n_records:

@@ -20,6 +20,10 @@ from unlearning.stages.finetune import base_model, finetune, reinforce
 from unlearning.stages.unlearn import UNLEARNED_FOLDER, unlearn
 
 
+# What this script trains, for unlearn-plan (unlearning/planning/stages.py).
+TRAINING_STAGES = ("finetune_target", "finetune_reinforced", "unlearn")
+
+
 def run_text(cfg: DictConfig, n_prompts: int = 200, context_words: int = 40, n_forget_blocks: int = 50,
              batch_size: int = 32) -> float:
     """Run the stages, print the table, write results.json; returns the unlearned model's term_prob."""

@@ -12,6 +12,11 @@ from unlearning.stages.finetune import target_and_retain
 from unlearning.stages.unlearn import UNLEARNED_FOLDER, unlearn
 
 
+# What this script trains, for unlearn-plan (unlearning/planning/stages.py); the reinforced model is
+# added there when the method declares it.
+TRAINING_STAGES = ("finetune_target", "finetune_retain", "unlearn")
+
+
 def run_tofu(cfg: DictConfig) -> float | list[float]:
     """Returns the unlearned model's `cfg.objective_metric` (a name or a list) for sweepers."""
     experiment = Experiment.from_config(cfg)
