@@ -157,3 +157,36 @@ def test_zero3_loads_every_model_partitioned(data_dir, tmp_path):
             assert full / 2 <= shards <= full / 2 + 64 * 100  # half of every parameter, padded per parameter
         assert rank["policy"]["requires_grad"] and not rank["ref"]["requires_grad"]
     assert ranks[0]["policy"]["full"] == ranks[1]["policy"]["full"]
+
+
+def test_zero_settings_reach_deepspeed_config():
+    """`trainer.strategy.zero_settings` adds `zero_optimization` keys Lightning's arguments do not reach."""
+    from unlearning.strategies import DeepSpeedOnAnyDevice
+
+    strategy = DeepSpeedOnAnyDevice(stage=3, zero_settings={"stage3_max_live_parameters": 10_000_000})
+    zero = strategy.config["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_max_live_parameters"] == 10_000_000
+    assert "stage3_max_live_parameters" not in DeepSpeedOnAnyDevice(stage=3).config["zero_optimization"]
+
+
+def test_a_model_zero3_did_not_partition_is_refused_in_one_line(data_dir, monkeypatch):
+    """A model class that builds its parameters outside `deepspeed.zero.Init` loads whole on every rank:
+    refused by name instead of training unpartitioned."""
+    from contextlib import contextmanager
+
+    from unlearning.config import build
+    from unlearning.errors import ConfigError
+    from unlearning.stages import training
+    from unlearning.stages.training import StageTrainer
+
+    @contextmanager
+    def zero3_that_does_not_partition(trainer):
+        yield True
+
+    monkeypatch.setattr(training, "partitioned_loading", zero3_that_does_not_partition)
+    folder = data_dir / "models" / "stories260K"
+    spec = build({"_target_": "unlearning.models.PretrainedModel", "name": "probe", "name_or_path": str(folder)})
+    trainer = StageTrainer(trainer={}, optimizer=None, template=spec.template, max_length=64, seed=0, logger=None)
+    with pytest.raises(ConfigError, match=rf"^hardware runs DeepSpeed ZeRO-3, but LlamaForCausalLM from {folder} "
+                                          r"was not partitioned at load .*: use hardware=deepspeed_zero2 or ddp"):
+        trainer.load(spec, folder)
