@@ -169,7 +169,7 @@ def test_hardware_configs_read_as_planned():
     auto = plan("hardware=deepspeed_zero3")
     assert auto.hardware.ranks == 1 and auto.notes[0].startswith("trainer.devices=auto: planned as 1 device")
     assert plan("hardware=ddp").hardware.ranks == 2
-    assert plan("+trainer.num_nodes=3", "trainer.devices=2").hardware.ranks == 6
+    assert plan("trainer.num_nodes=3", "trainer.devices=2").hardware.ranks == 6
 
 
 def test_checkpointing_shrinks_activations_and_lora_drops_the_reference_copy():
