@@ -97,3 +97,14 @@ def test_a_throwaway_method_runs_end_to_end_from_its_own_files(plugin, tmp_path)
     assert results["config"]["method"]["_target_"] == "shouting_method.Shouting"
     assert set(results["models"]) == {"target", "retain", "unlearned"}
     assert git_status() == before
+
+
+def test_the_retain_set_of_a_text_corpus_is_its_retain_records():
+    """Without a selector nothing is flagged, and text records (no question) pass as they are."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    retain = [{"text": "General text."}, {"text": "More of it."}]
+    experiment = SimpleNamespace(cfg=OmegaConf.create({}), benchmark=SimpleNamespace(retain=retain))
+    assert stage_inputs.StageInputs(experiment, None, None, None).batch_set("retain") == retain

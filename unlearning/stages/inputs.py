@@ -134,8 +134,10 @@ def forget_set(inputs: StageInputs) -> list[dict]:
 @batch_set("retain")
 def retain_set(inputs: StageInputs) -> list[dict]:
     # Selected pairs may come from the retain split: the retain term must not pull them back.
-    flagged = inputs.flagged
-    return [r for r in inputs.experiment.benchmark.retain if (r["question"], r["answer"]) not in flagged]
+    flagged, retain = inputs.flagged, inputs.experiment.benchmark.retain
+    if not flagged:  # no selector; text records have no question to match
+        return retain
+    return [r for r in retain if (r["question"], r["answer"]) not in flagged]
 
 
 def reference_model(policy: nn.Module) -> nn.Module:
