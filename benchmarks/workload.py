@@ -55,6 +55,8 @@ class Settings:
     eval_records: int = option(50, "forget10 records evaluated in item 3")
     scaling_base: int = option(8, "forget records at 1x in item 5 (a multiple of --batch-size)")
     memory_steps: int = option(3, "training steps of each memory-measuring process (item 4)")
+    eval_overrides: str = option("", "overrides of the default experiment whose three models item 6 evaluates "
+                                     "(one string, split as a shell splits it; default: none)")
 
     def check(self, forget_size: int) -> None:
         needed = {"--steps x --batch-size": self.steps * self.batch_size,
