@@ -16,7 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Sequence
 
-from benchmarks import hf_trainer, memory, plan_vs_reality, scaling, throughput, tofu_eval
+from benchmarks import eval_ranks, hf_trainer, memory, plan_vs_reality, scaling, throughput, tofu_eval
 from benchmarks.report import Section, load_average, machine_description, render
 from benchmarks.runs import quiet
 from benchmarks.workload import REPO, Settings, Workload
@@ -29,6 +29,7 @@ ITEMS: dict[str, Callable[[Workload, Path], Section]] = {
     "memory": memory.measure,
     "scaling": scaling.measure,
     "plan_vs_reality": plan_vs_reality.measure,
+    "eval_ranks": eval_ranks.measure,
 }
 
 

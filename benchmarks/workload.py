@@ -60,6 +60,8 @@ class Settings:
     plan_configs: str = option("single,single_checkpointing,ddp,zero2,zero2_checkpointing,zero3",
                                "configs of item 6 (plan vs reality), comma-separated; benchmarks/plan_vs_reality.py "
                                "lists them")
+    eval_overrides: str = option("", "overrides of the default experiment whose three models item 8 evaluates "
+                                     "(one string, split as a shell splits it; default: none)")
 
     def check(self, forget_size: int) -> None:
         needed = {"--steps x --batch-size": self.steps * self.batch_size,

@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from benchmarks import memory, plan_vs_reality
-from benchmarks.__main__ import main
+from benchmarks.__main__ import ITEMS, main
 from benchmarks.report import MISMATCH
 from benchmarks.runs import EXCLUDED_METHODS, trained_methods
 
@@ -64,10 +64,11 @@ def memory_in_process(monkeypatch, capsys):
 
 def test_suite_writes_every_section(data_dir, tmp_path, one_thread, logging_restored, memory_in_process):
     output = tmp_path / "RESULTS.md"
+    items = [item for item in ITEMS if item != "eval_ranks"]  # processes and models of its own: the test below
     main(["--data-dir", str(data_dir), "--repeats", "1", "--warmup", "0", "--steps", "2", "--batch-size", "2",
           "--hidden-size", "16", "--num-layers", "2", "--eval-records", "2", "--scaling-base", "2",
           "--memory-steps", "1", "--plan-hidden-size", "16", "--plan-num-layers", "2", "--plan-configs", "single",
-          "--output", str(output)])
+          "--items", *items, "--output", str(output)])
     text = output.read_text()
     assert text.startswith("# Benchmark results") and "- Command: `python -m benchmarks --data-dir" in text
     for section in SECTIONS:
@@ -77,3 +78,17 @@ def test_suite_writes_every_section(data_dir, tmp_path, one_thread, logging_rest
     for method in EXCLUDED_METHODS:
         assert f"not benchmarked: `{method}`" in text
     assert MISMATCH not in text, "a run and its baseline computed different numbers"
+
+
+@pytest.mark.slow
+def test_evaluation_on_ranks_item(data_dir, tmp_path, logging_restored):
+    """Item 8 at its tiniest: the default experiment with 1 finetuning epoch and 2 unlearning steps,
+    TOFU on 4 records per set and lm-eval on 4 documents per task, evaluated in 1 and 2 processes."""
+    output = tmp_path / "RESULTS.md"
+    overrides = (f"paths.cache_dir={tmp_path / 'cache'} finetune.epochs=1 trainer.max_steps=2 "
+                 "eval.groups.tofu.max_examples=4 eval.groups.tofu.max_new_tokens=4 eval.groups.lm_eval.limit=4")
+    main(["--data-dir", str(data_dir), "--repeats", "1", "--warmup", "0", "--items", "eval_ranks",
+          "--eval-overrides", overrides, "--output", str(output)])
+    text = output.read_text()
+    assert "## 8. Evaluation on 2 ranks vs 1" in text
+    assert text.count("| yes (") == 3 and MISMATCH not in text

@@ -67,10 +67,11 @@ class Experiment:
 
     def evaluate(self, sources: Sequence[ModelSource], reference: str | None = "retain",
                  evaluator: Evaluator | None = None) -> Results | None:
-        """Score the models after the last training stage; None on the ranks that do not report."""
-        if not end_processes():  # rank 0 evaluates and reports alone
-            return None
-        return (evaluator or self.evaluator).evaluate(sources, reference)
+        """Score the models after the last training stage, then end the process group; None on the ranks
+        that do not report. Every rank evaluates (data-parallel, full model replicas: see the Evaluator)
+        and holds every result; rank 0 reports them."""
+        results = (evaluator or self.evaluator).evaluate(sources, reference)
+        return results if end_processes() else None
 
     def conclude(self, results: Results | None, model: str = "unlearned", metric: str | None = None,
                  **extra: Any) -> float | list[float]:

@@ -2,7 +2,9 @@
 encoded records in padded batches, batched greedy generation, ROUGE-L.
 
 Batches group records of similar length (longest first, so running out of memory happens at once);
-the model is measured in eval mode and given back in the mode it had.
+the model is measured in eval mode and given back in the mode it had. In data-parallel evaluation
+(unlearning/sharding.py) each rank computes a share of these same batches, and tokenizes and scores
+ROUGE for a share of the records: work every rank would otherwise repeat.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tqdm.auto import tqdm
 
 from unlearning.data.collate import PromptTemplate, encode_prompt, encode_qa, pad_batch
 from unlearning.ops import token_logprobs
+from unlearning.sharding import map_sharded
 
 
 @contextmanager
@@ -44,31 +47,39 @@ def n_batches(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
+def in_order(model, compute: Callable[[np.ndarray], list], batches: Sequence[np.ndarray], count: int,
+             progress_bar: tqdm | None = None) -> list:
+    """`compute(index batch)` (a value per index) in eval mode over `batches`, as one list by record
+    index; under data-parallel evaluation each rank computes its share of the batches (map_sharded)."""
+    values: list = [None] * count
+    with eval_mode(model):
+        for idx, batch_values in zip(batches, map_sharded(compute, batches, progress_bar), strict=True):
+            for i, value in zip(idx, batch_values, strict=True):
+                values[i] = value
+    return values
+
+
 @torch.no_grad()
 def score_tokens(model, tokenizer, encoded: Sequence[dict], batch_size: int = 32,
                  progress_bar: tqdm | None = None, token_values: Callable = token_logprobs) -> list[np.ndarray]:
     """The log-prob of every labelled token of each encoded record (`input_ids`, `labels`), in order;
     or, per labelled token, whatever `token_values(logits, labels) -> (values [B, T-1, ...], mask)` gives."""
-    scores: list[np.ndarray] = [np.zeros(0)] * len(encoded)
-    with eval_mode(model):
-        for idx in length_batches([len(e["input_ids"]) for e in encoded], batch_size):
-            batch = pad_batch([encoded[i] for i in idx], pad_id(tokenizer))
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           use_cache=False).logits
-            values, mask = token_values(logits, batch["labels"])
-            for row, i in enumerate(idx):
-                scores[i] = values[row][mask[row]].double().cpu().numpy()
-            if progress_bar is not None:
-                progress_bar.update()
-    return scores
+    def forward(idx: np.ndarray) -> list[np.ndarray]:
+        batch = pad_batch([encoded[i] for i in idx], pad_id(tokenizer))
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        values, mask = token_values(logits, batch["labels"])
+        return [values[row][mask[row]].double().cpu().numpy() for row in range(len(idx))]
+
+    return in_order(model, forward, length_batches([len(e["input_ids"]) for e in encoded], batch_size),
+                    len(encoded), progress_bar)
 
 
 def score_answers(model, tokenizer, template: PromptTemplate, pairs: Sequence[tuple[str, str]],
                   batch_size: int = 32, max_length: int = 512,
                   progress_bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sum of answer-token log-probs and number of answer tokens of each (question, answer), in order."""
-    encoded = [encode_qa(tokenizer, template, q, a, max_length) for q, a in pairs]
+    encoded = map_sharded(lambda pair: encode_qa(tokenizer, template, *pair, max_length), pairs)
     scores = score_tokens(model, tokenizer, encoded, batch_size, progress_bar)
     logp = np.array([s.sum() for s in scores])
     counts = np.array([len(s) for s in scores], dtype=np.int64)
@@ -83,26 +94,23 @@ def generate_answers(model, tokenizer, template: PromptTemplate, questions: Sequ
                      max_new_tokens: int = 200, batch_size: int = 32,
                      progress_bar: tqdm | None = None) -> list[str]:
     """Greedy answers to `questions`, batched with left padding so every prompt ends at the last slot."""
-    prompts = [{"input_ids": encode_prompt(tokenizer, template, q)} for q in questions]
-    answers = [""] * len(prompts)
-    with eval_mode(model):
-        for idx in length_batches([len(p["input_ids"]) for p in prompts], batch_size):
-            batch = pad_batch([prompts[i] for i in idx], pad_id(tokenizer), side="left")
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=pad_id(tokenizer))
-            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-            for i, text in zip(idx, texts):
-                answers[i] = text.strip()
-            if progress_bar is not None:
-                progress_bar.update()
-    return answers
+    prompts = map_sharded(lambda question: {"input_ids": encode_prompt(tokenizer, template, question)}, questions)
+
+    def generate(idx: np.ndarray) -> list[str]:
+        batch = pad_batch([prompts[i] for i in idx], pad_id(tokenizer), side="left")
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id(tokenizer))
+        texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [text.strip() for text in texts]
+
+    return in_order(model, generate, length_batches([len(p["input_ids"]) for p in prompts], batch_size),
+                    len(prompts), progress_bar)
 
 
 def _rouge_l(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool) -> list:
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
-    return [scorer.score(target=ref, prediction=pred)["rougeL"]
-            for pred, ref in zip(predictions, references, strict=True)]
+    return map_sharded(lambda pair: scorer.score(target=pair[1], prediction=pair[0])["rougeL"],
+                       list(zip(predictions, references, strict=True)))
 
 
 def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:

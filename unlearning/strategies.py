@@ -12,9 +12,9 @@ How a multi-process run goes (`unlearn hardware=ddp`, `hardware=deepspeed_zero3`
   loaded from the target's folder, never a deep copy of the policy. Frozen models live inside the
   LightningModule (`module.frozen`), so DeepSpeed gathers their shards for each forward like the policy's;
   under DDP and ZeRO-2 every rank holds a full frozen copy.
-- After the last training stage `end_processes` ends the process group; rank 0 evaluates alone from the
-  saved full weights (under ZeRO-3 a forward pass of the sharded model would need every rank) and
-  writes the results; the other ranks return.
+- After the last training stage every rank evaluates a full replica loaded from the saved weights (each
+  scores its share, unlearning/sharding.py), then `end_processes` ends the process group; rank 0 writes
+  the results, the other ranks return.
 """
 
 from __future__ import annotations
@@ -149,16 +149,16 @@ def broadcast(value: Any) -> Any:
 
 
 def require_one_process(cfg: DictConfig, protocol_name: str) -> None:
-    """Protocols that train again after evaluating run in one process: the process group ends before
-    evaluation (end_processes)."""
+    """Protocols that train again after evaluating run in one process: they score between training
+    stages and report without `Experiment.evaluate`, which ends the process group and reports on rank 0."""
     if str(cfg.trainer.get("devices", 1)) != "1":
         raise ConfigError(f"protocol={protocol_name} runs in one process: set trainer.devices=1 "
                           f"(got {cfg.trainer.get('devices')})")
 
 
 def end_processes() -> bool:
-    """After the last training stage: wait for every rank and end the process group. True on the
-    process that goes on to evaluate and report (rank 0, or the only one)."""
+    """After the evaluation: wait for every rank and end the process group. True on the process that
+    reports (rank 0, or the only one)."""
     if not distributed():
         return True
     rank = global_rank()

@@ -1,8 +1,9 @@
 """Evaluation during training: a cheap metric subset every N steps, logged as curves.
 
 Every rank runs the same evaluation on the same examples: under DeepSpeed ZeRO-3 a forward pass needs
-every rank's shard, so evaluating on rank 0 alone would hang; the numbers are identical on all ranks
-and rank 0 logs them. With `monitor` set, the best model so far is saved to `best_dir` (full weights,
+every rank's shard, so evaluating on rank 0 alone would hang, and so would ranks running different
+numbers of batches (the final evaluation's split over the ranks, unlearning/sharding.py, is not used
+here); the numbers are identical on all ranks and rank 0 logs them. With `monitor` set, the best model so far is saved to `best_dir` (full weights,
 written by rank 0).
 """
 

@@ -6,7 +6,12 @@ reduced: the per-model aggregates merged with each group's comparisons against t
 cached stage's evaluation is kept beside it (`eval-<group>-<hash>.json`, the hash of the group's
 settings, the data and the template), so a sweep scores its target and retain model once.
 
-`write_results` is the one writer of `results.json` (metrics per model, the models' paths, the config)
+In a multi-process run, evaluation is data-parallel: every rank loads a full replica of each model
+(under ZeRO-3 training, the saved full model, as one process would) and scores a share of every metric
+group's batches; the results are gathered on every rank (unlearning/sharding.py), equal to one process's,
+and rank 0 writes them. The harness's group shards its requests its own way (harness.py).
+
+`Results.write` is the one writer of `results.json` (metrics per model, the models' paths, the config)
 and `per_example.json`, both written atomically.
 """
 
@@ -24,6 +29,8 @@ from unlearning.config import build, fingerprint
 from unlearning.evaluation.base import Evaluation, MetricGroup
 from unlearning.models import ModelSpec
 from unlearning.results import format_table, write_json_atomic
+from unlearning.sharding import sharded
+from unlearning.strategies import broadcast, global_rank
 
 RESULTS_FILE = "results.json"
 PER_EXAMPLE_FILE = "per_example.json"
@@ -91,25 +98,31 @@ class Evaluator:
                 if source.groups is None or group in source.groups]
 
     def score(self, sources: Sequence[ModelSource], items: Sequence[WorkItem] | None = None) -> dict[WorkItem, Evaluation]:
-        """Each item's evaluation: read from a cached stage's folder, else scored (and kept there)."""
+        """Each item's evaluation: read from a cached stage's folder, else scored (and kept there).
+        Collective in a multi-process run: every rank calls it and gets every evaluation."""
         by_name = {source.name: source for source in sources}
         items = list(items) if items is not None else self.work(sources)
         scored: dict[WorkItem, Evaluation] = {}
-        for name in dict.fromkeys(item.model for item in items):
-            source = by_name[name]
-            todo = [item for item in items if item.model == name]
-            kept = {item: self.cache_file(source.folder, item.group) for item in todo
-                    if source.cached and item.group in self.nodes}
-            for item, file in kept.items():
-                if file.exists():
-                    scored[item] = Evaluation.from_json(json.loads(file.read_text()))
-            missing = [item for item in todo if item not in scored]
-            if not missing:
-                continue
-            model, tokenizer = source.load(self.spec)  # once for all its groups
+        with sharded():  # one split over every item: the spare batches of uneven counts go round the ranks
+            for name in dict.fromkeys(item.model for item in items):
+                scored.update(self.score_model(by_name[name], [item for item in items if item.model == name]))
+        return scored
+
+    def score_model(self, source: ModelSource, items: Sequence[WorkItem]) -> dict[WorkItem, Evaluation]:
+        """One model's items; the model is loaded once for all of them (a full replica on every rank)."""
+        lead = global_rank() == 0
+        kept = {item: self.cache_file(source.folder, item.group) for item in items
+                if source.cached and item.group in self.nodes}
+        # rank 0 reads them for all: the ranks must agree on what is scored, and another job may be writing
+        cached = broadcast({item: json.loads(file.read_text()) for item, file in kept.items() if file.exists()}
+                           if lead else None)
+        scored = {item: Evaluation.from_json(payload) for item, payload in cached.items()}
+        missing = [item for item in items if item not in scored]
+        if missing:
+            model, tokenizer = source.load(self.spec)
             for item in missing:
                 scored[item] = self.groups[item.group].evaluate(model, tokenizer, self.spec.template, self.benchmark)
-                if item in kept:
+                if item in kept and lead:
                     write_json_atomic(kept[item], scored[item].to_json())
         return scored
 

@@ -1,10 +1,11 @@
 """Utility and forgetting through EleutherAI's lm-evaluation-harness (`lm_eval` 0.4.13).
 
-The in-memory model is wrapped in the harness's `HFLM` and scored by `simple_evaluate` on the
-harness's own task definitions: prompts, choices and metrics stay the harness's; only where the data
-comes from may change (local files in each task's own field names, for machines without the hub).
-The TOFU-style tasks shipped in `unlearning/evaluation/tasks/` (also usable from the harness CLI with
-`--include_path`) score forgetting the same way, on the run's own benchmark when `benchmark_tasks`.
+The in-memory model is wrapped in the harness's `HFLM` and scored by its `evaluate` on the harness's
+own task definitions, set up as `simple_evaluate` sets them up (`HarnessMetrics.run`): prompts, choices
+and metrics stay the harness's; only where the data comes from may change (local files in each task's
+own field names, for machines without the hub). The TOFU-style tasks shipped in
+`unlearning/evaluation/tasks/` (also usable from the harness CLI with `--include_path`) score forgetting
+the same way, on the run's own benchmark when `benchmark_tasks`.
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
 import yaml
-from lm_eval import simple_evaluate
+from lm_eval import evaluate as evaluate_requests
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 from unlearning.data.collate import PromptTemplate
 from unlearning.errors import ConfigError
 from unlearning.evaluation.base import Evaluation, MetricGroup
+from unlearning.results import write_text_atomic
 from unlearning.scoring import eval_mode
+from unlearning.sharding import evaluation_ranks
+from unlearning.strategies import broadcast
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ BENCHMARK_TASKS = {
     "synthetic_world_facts_mc": "world_facts",
 }
 BENCHMARK_FIELDS = ("question", "answer", "perturbed_answer")
+FEWSHOT_SEED = 1234  # simple_evaluate's default fewshot_random_seed
 
 
 @functools.cache
@@ -113,7 +119,7 @@ def write_benchmark_sets(benchmark, folder: Path) -> dict[str, Path]:
         files[name] = folder / f"{name}.jsonl"
         rows = [json.dumps({key: record[key] for key in BENCHMARK_FIELDS}, sort_keys=True)
                 for record in eval_sets[name]]
-        files[name].write_text("".join(row + "\n" for row in rows))
+        write_text_atomic(files[name], "".join(row + "\n" for row in rows))  # ranks may share `folder`
     return files
 
 
@@ -129,6 +135,39 @@ def flat_aggregates(results: Mapping[str, Any]) -> dict[str, float]:
                 suffix = metric if filter_name == "none" else f"{metric}_{filter_name}"
                 aggregates[f"lm_eval_{task}_{suffix}"] = float(value)
     return aggregates
+
+
+class DataParallelHFLM(HFLM):
+    """The harness's HFLM over an in-memory model, taking part in the harness's own data parallelism.
+
+    For a model object HFLM reports rank 0 of 1 (it sets up several processes only for a model it loads
+    itself, through accelerate), so every rank would score every request. This reports the ranks of
+    data-parallel evaluation (unlearning/sharding.py): the harness's evaluator then builds the requests
+    of every world_size-th document on each rank, pads the ranks to equal request counts, and gathers
+    the per-document metrics on rank 0 (`gather_object`, torch.distributed's in HFLM already). Its other
+    collectives, accelerate's in HFLM, are torch.distributed's here (gloo on CPU)."""
+
+    @property
+    def rank(self) -> int:
+        return evaluation_ranks()[0]
+
+    @property
+    def world_size(self) -> int:
+        return evaluation_ranks()[1]
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's tensor concatenated along the first dimension (a scalar counts as one element),
+        as accelerate's `gather`."""
+        if self.world_size == 1:
+            return tensor
+        tensor = tensor.reshape(1) if tensor.dim() == 0 else tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, tensor)
+        return torch.cat(parts)
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
 
 
 class HarnessMetrics(MetricGroup):
@@ -171,7 +210,7 @@ class HarnessMetrics(MetricGroup):
 
     def task_specs(self, benchmark_files: Mapping[str, Path], template: PromptTemplate, tokenizer,
                    folder: Path) -> list:
-        """What `simple_evaluate` gets per task: a name (hub data) or the path of a task YAML written to
+        """What the harness loads per task: a name (hub data) or the path of a task YAML written to
         `folder` that includes the registered one and changes its data source (local data)."""
         specs: list = []
         for task in self.tasks:
@@ -192,20 +231,34 @@ class HarnessMetrics(MetricGroup):
             specs.append(override_task_file(entry, overrides, folder))
         return specs
 
+    def run(self, lm: HFLM, specs: Sequence) -> dict | None:
+        """The harness's `evaluate` of `specs`, with the few-shot settings `simple_evaluate` gives tasks
+        (`num_fewshot` unless a task pins 0; 0 where a task sets none; its default few-shot seed), and no
+        seeding (loglikelihood tasks draw nothing at random: the caller's RNG streams are left alone).
+        Not `simple_evaluate` itself: on the reporting rank it then collects run metadata we discard
+        (torch's environment report runs `pip list`; git hashes), ~0.3 s per model while the other ranks
+        wait. The results on rank 0, None on the others."""
+        loaded = task_manager(bool(self.tasks)).load(list(specs))
+        for task in loaded["tasks"].values():
+            default = task.get_config("num_fewshot")
+            if self.num_fewshot is not None and default != 0:
+                task.set_config(key="num_fewshot", value=self.num_fewshot)
+            elif default is None:
+                task.set_config(key="num_fewshot", value=0)
+            task.set_fewshot_seed(seed=FEWSHOT_SEED)
+        return evaluate_requests(lm=lm, task_dict=loaded, limit=self.limit, bootstrap_iters=self.bootstrap_iters,
+                                 log_samples=False)
+
     def evaluate(self, model, tokenizer, template, benchmark) -> Evaluation:
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(self.benchmark_dir).expanduser() if self.benchmark_dir else Path(scratch)
             files = write_benchmark_sets(benchmark, folder) if self.benchmark_tasks else {}
             specs = self.task_specs(files, template, tokenizer, Path(scratch) / "task_yamls")
             with eval_mode(model):
-                results = simple_evaluate(
-                    model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, max_length=self.max_length),
-                    tasks=specs, num_fewshot=self.num_fewshot, limit=self.limit,
-                    bootstrap_iters=self.bootstrap_iters, task_manager=task_manager(bool(self.tasks)),
-                    log_samples=False,
-                    # loglikelihood tasks draw nothing at random: leave the caller's RNG streams alone
-                    random_seed=None, numpy_random_seed=None, torch_random_seed=None,
-                )
+                results = self.run(DataParallelHFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size,
+                                                    max_length=self.max_length), specs)
+        # the harness reports on rank 0 alone (None elsewhere); every rank holds every evaluation
+        results = broadcast(None if results is None else {key: results[key] for key in ("results", "n-samples")})
         sources = {name: str(self.data_files.get(name, "hub")) for name in self.tasks}
         sources.update({task: f"benchmark:{eval_set}" for task, eval_set in BENCHMARK_TASKS.items() if files})
         return Evaluation(aggregates=flat_aggregates(results),

@@ -31,6 +31,7 @@ from unlearning.data.collate import PromptTemplate, encode_qa, encode_record
 from unlearning.errors import ConfigError
 from unlearning.evaluation.base import Evaluation, MetricGroup
 from unlearning.scoring import eval_mode, score_tokens
+from unlearning.sharding import map_sharded
 from unlearning.ops import mean_token_nll, next_token_targets
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "gradient_norm")
@@ -112,7 +113,7 @@ def labelled_token_values(model, tokenizer, template: PromptTemplate, records: S
                           token_values: Callable, batch_size: int = 32, max_length: int = 512) -> list[np.ndarray]:
     """`token_values` at the labelled tokens of each record: the answer of a QA record (`question`,
     `answer`), every token after BOS of a text record (`text`). Each record must keep a labelled token."""
-    encoded = [encode_record(tokenizer, template, r, max_length) for r in records]
+    encoded = map_sharded(lambda record: encode_record(tokenizer, template, record, max_length), records)
     values = score_tokens(model, tokenizer, encoded, batch_size, token_values=token_values)
     for record, v in zip(records, values):
         if len(v) == 0:  # a mean over no token is NaN in every score downstream
@@ -129,22 +130,22 @@ def example_gradient_norms(model, tokenizer, template: PromptTemplate, records: 
     """
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
-    norms = []
+
+    def norm(r: dict) -> float:
+        example = encode_qa(tokenizer, template, r["question"], r["answer"], max_length)
+        input_ids = torch.tensor([example["input_ids"]], device=model.device)
+        labels = torch.tensor([example["labels"]], device=model.device)
+        loss = mean_token_nll(model(input_ids=input_ids, use_cache=False).logits, labels)
+        return gradient_norm(torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True))
+
     try:
         for p in params:
             p.requires_grad_(True)
         with eval_mode(model), torch.enable_grad():
-            for r in records:
-                example = encode_qa(tokenizer, template, r["question"], r["answer"], max_length)
-                input_ids = torch.tensor([example["input_ids"]], device=model.device)
-                labels = torch.tensor([example["labels"]], device=model.device)
-                loss = mean_token_nll(model(input_ids=input_ids, use_cache=False).logits, labels)
-                grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
-                norms.append(gradient_norm(grads))
+            return np.array(map_sharded(norm, records))  # data-parallel evaluation: a share of the records per rank
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
-    return np.array(norms)
 
 
 class MembershipInference(MetricGroup):

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from unlearning.data.collate import PromptTemplate
 from unlearning.evaluation.base import Evaluation, MetricGroup
 from unlearning.scoring import generate_answers, n_batches, rouge_l_recall, score_answers
+from unlearning.sharding import evaluation_ranks
 
 TOFU_SETS = ("forget", "retain", "real_authors", "world_facts")
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
@@ -135,7 +136,7 @@ def evaluate_tofu(model, tokenizer, template: PromptTemplate, eval_sets: Mapping
     total = sum(n_batches(len(flat[n][0]), batch_size) + generate * n_batches(len(r), batch_size)
                 for n, r in sets.items())
     aggregates, per_example, forget_ratios = {}, {}, np.zeros(0)
-    with tqdm(total=total, disable=not progress, desc="TOFU eval") as bar:
+    with tqdm(total=total, disable=not progress or evaluation_ranks()[0] > 0, desc="TOFU eval") as bar:  # one bar
         for name, records in sets.items():
             pairs, layout = flat[name]
             logp, counts = score_answers(model, tokenizer, template, pairs, batch_size, max_length, bar)
