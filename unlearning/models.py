@@ -60,7 +60,7 @@ class ModelSpec:
         model, tokenizer = load_pretrained(path, DTYPES[self.dtype], self.trust_remote_code, self.attn_implementation)
         if self.gradient_checkpointing:
             # Non-reentrant: works with frozen inputs (LoRA) and with ZeRO-3's parameter gathering.
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         return model, tokenizer
 
 
