@@ -156,7 +156,6 @@ def test_forget_term_alone_moves_the_model_as_intended(method, target, tokenizer
     changed = [name for name, p in model.named_parameters() if not torch.equal(p, before_weights[name])]
     assert changed, f"{method}: no weight changed"
     after = measure(fn, module, batch)
-    print(f"{method}: {fn.__name__} {before:.4f} -> {after:.4f}")
     assert sign * (after - before) > 1e-4, f"{method}: {fn.__name__} {before:.4f} -> {after:.4f}; expected: {why}"
 
 
