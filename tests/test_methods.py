@@ -133,7 +133,7 @@ INTENDED = {
     "whp": (own_objective, -1, "the policy fits the generic labels (its CE falls); they differ from the answer "
                                "only where the reinforced model boosts a token"),
 }
-STEPS = 5
+STEPS = 3
 
 
 @torch.no_grad()
