@@ -77,7 +77,7 @@ def test_bad_config_fails_at_startup(overrides, message, tmp_path):
     ([], r"checkpoint is missing; valid: any value, given as checkpoint=\.\.\."),
     (["checkpoint=some/folder", "+eval.groups.tofu.max_new_token=5"],
      r"eval\.groups\.tofu\.max_new_token is not a parameter of unlearning\.evaluation\.tofu\.TofuMetrics; valid: "
-     r"batch_size, max_new_tokens, max_length, max_examples, generate, progress"),
+     r"batch_size, max_new_tokens, max_length, max_examples, generate, progress, budget_counts_prompt"),
 ], ids=["no checkpoint", "misspelled metric setting"])
 def test_bad_evaluation_config_fails_at_startup(overrides, message, tmp_path):
     cfg = compose_config(overrides, config_name="evaluate", run_dir=tmp_path / "run")

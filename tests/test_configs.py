@@ -89,3 +89,43 @@ def test_every_group_the_issue_names_exists():
     groups = {p.name for p in CONF.iterdir() if p.is_dir()}
     assert {"model", "data", "method", "retain", "optimizer", "trainer", "hardware", "eval", "logger",
             "paths", "experiment"} <= groups
+
+
+# Each convention's value as the object it switches reads it: (ours, open_unlearning, paper), the README
+# "Conventions" table.
+CONVENTION_VALUES = {
+    "kl_retain_positions": ("answer", "all", "all"),
+    "ceu_ignore_first_n_answer_tokens": (0, 1, 1),
+    "satimp_gamma": (1.0, 0.1, 1.0),
+    "extraction_strength_last_miss_one_over_n": (False, True, False),
+    "tofu_budget_counts_prompt": (False, False, True),
+    "tofu_max_examples": (None, None, 300),
+    "knowmem_stop": (("\n\n", "Question"), ("\n\n", "\nQuestion", "Question:"), ("\n\n", "\nQuestion", "Question:")),
+}
+CONVENTIONS = ("ours", "open_unlearning", "paper")
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_conventions_group_sets_every_switch(convention, tmp_path):
+    base = [f"conventions={convention}", "memorization=default", "muse=default"]
+    cfg = compose_config([*base, "method=ce_u", "retain=kl"], run_dir=tmp_path)
+    ceu, kl = instantiate(cfg.method), instantiate(cfg.retain)
+    groups = {name: instantiate(node) for name, node in cfg.eval.groups.items()}
+    satimp = instantiate(compose_config([*base, "method=satimp"], run_dir=tmp_path).method)
+    seen = {"kl_retain_positions": kl.positions,
+            "ceu_ignore_first_n_answer_tokens": ceu.ignore_first_n_answer_tokens,
+            "satimp_gamma": satimp.gamma,
+            "extraction_strength_last_miss_one_over_n": groups["memorization"].last_miss_scores_one_over_n,
+            "tofu_budget_counts_prompt": groups["tofu"].budget_counts_prompt,
+            "tofu_max_examples": groups["tofu"].max_examples,
+            "knowmem_stop": groups["muse"].knowmem_stop}
+    column = CONVENTIONS.index(convention)
+    assert seen == {key: values[column] for key, values in CONVENTION_VALUES.items()}
+    assert set(CONVENTION_VALUES) == set(OmegaConf.load(CONF / "conventions" / f"{convention}.yaml")) - {"name"}
+
+
+def test_a_plain_key_overrides_the_convention(tmp_path):
+    cfg = compose_config(["conventions=open_unlearning", "retain=kl", "retain.positions=answer"], run_dir=tmp_path)
+    assert instantiate(cfg.retain).positions == "answer"
+    with pytest.raises(Exception, match="retain.positions='every'"):
+        instantiate(compose_config(["retain=kl", "retain.positions=every"], run_dir=tmp_path).retain)

@@ -66,3 +66,15 @@ def test_kl_to_reference_hand_computed():
     labels = torch.tensor([[IGNORE_INDEX, 1]])
     assert kl_to_reference(policy, ref, labels).item() == pytest.approx(0.143841, abs=1e-6)
     assert kl_to_reference(policy, policy, labels).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_kl_to_reference_over_every_position():
+    """TOFU's and open-unlearning's batchmean over every position: position 1 adds the KL between the
+    Bernoullis of logit -9 (ref) and +9 (policy), (2 sigmoid(9) - 1) * 9 = 8.997779; the mean of the two
+    positions is (0.143841 + 8.997779) / 2 = 4.570810, against 0.143841 over the answer token alone."""
+    policy = two_token_logits([math.log(3), 0.0], [9.0, 0.0])
+    ref = two_token_logits([0.0, 0.0], [0.0, 9.0])
+    labels = torch.tensor([[IGNORE_INDEX, 1]])
+    assert kl_to_reference(policy, ref, labels, positions="all").item() == pytest.approx(4.570810, abs=1e-5)
+    with pytest.raises(ValueError, match="positions='every'"):
+        kl_to_reference(policy, ref, labels, positions="every")

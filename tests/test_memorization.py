@@ -39,6 +39,14 @@ def test_extraction_strength_and_exact_memorization():
     assert extraction_strength([True, True, False]) == pytest.approx(0.0)
 
 
+def test_extraction_strength_open_unlearning_convention():
+    """open-unlearning's loop stops at k = n - 1: a miss at the last token gives 1/n (1/3, not 0), so does
+    an answer missed everywhere; a miss earlier is scored as by the definition."""
+    assert extraction_strength([True, True, False], last_miss_scores_one_over_n=True) == pytest.approx(1 / 3)
+    assert extraction_strength([False, False, False], last_miss_scores_one_over_n=True) == pytest.approx(1 / 3)
+    assert extraction_strength([True, False, True, True], last_miss_scores_one_over_n=True) == pytest.approx(0.5)
+
+
 def test_degenerate_fraction():
     """"" and "..." have no word -> degenerate. "the the the the": 1 distinct of 4 = 0.25 < 0.4 ->
     degenerate. "A b a B a b": 2 distinct of 6 (case-folded) = 0.33 -> degenerate. "The author was born

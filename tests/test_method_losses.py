@@ -116,6 +116,17 @@ def test_ceu_loss_hand_computed():
     assert ceu_loss(logits, labels).item() == pytest.approx(1.242453, abs=1e-5)
 
 
+def test_ceu_loss_skipping_the_first_answer_token():
+    """open-unlearning's ignore_first_n_answer_tokens = 1 drops position 0: ln 4 = 1.386294 alone, against
+    1.242453 over both; position 0 then gets no gradient, so CE-U no longer trains as unlikelihood does."""
+    logits, labels = ceu_case()
+    loss = ceu_loss(logits, labels, ignore_first_n_answer_tokens=1)
+    assert loss.item() == pytest.approx(math.log(4), abs=1e-5)
+    loss.backward()
+    assert logits.grad[0, 0].tolist() == [0.0, 0.0, 0.0] and logits.grad[0, 1].abs().sum() > 0
+    assert ceu_loss(logits, labels, ignore_first_n_answer_tokens=2).item() == 0.0  # nothing left to average
+
+
 def test_ceu_target_puts_zero_mass_on_the_answer_token():
     """q has q[y_t] = 0 and sums to 1; dL/dz = (p - q) / 2, so at position 0 the answer token's logit
     gets +(1/3)/2 = 0.166667 (descent lowers it) and the others (1/3 - 1/2)/2 = -0.083333."""

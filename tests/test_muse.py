@@ -24,6 +24,16 @@ TEMPLATE = PromptTemplate()
 # ------------------------------------------------------------------------------------------ pure
 
 
+def test_knowmem_cut_under_muse_stop_strings():
+    """MUSE and open-unlearning stop at "\\n\\n", "\\nQuestion", "Question:" only: "Questions" inside an
+    answer survives, where the project's default cuts at any "Question"."""
+    muse_stop = ("\n\n", "\nQuestion", "Question:")
+    assert cut_knowmem_answer("Rome Questions remain", muse_stop) == "Rome Questions remain"
+    assert cut_knowmem_answer("Rome Questions remain") == "Rome"
+    assert cut_knowmem_answer("Rome\nQuestion next", muse_stop) == "Rome"
+    assert cut_knowmem_answer("Rome Question: next", muse_stop) == "Rome"
+
+
 def test_knowmem_prompt_and_cut():
     """One shot then the question, MUSE's trailing space kept; answers cut at a blank line or "Question"."""
     shots = [{"question": "Capital of Italy?", "answer": "Rome"}]

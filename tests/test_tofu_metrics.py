@@ -138,6 +138,19 @@ def test_generate_answers_batched_equals_one_at_a_time(model, tokenizer):
     assert model.training
 
 
+def test_generation_budget_counting_the_prompt_leaves_the_rest_to_the_answer(model, tokenizer):
+    """TOFU's own generate(max_length=N) counts the prompt: a prompt of P tokens leaves N - P new tokens
+    (the same answer as max_new_tokens = N - P), and none when N <= P."""
+    question = PAIRS[0][0]
+    prompt_length = len(encode_prompt(tokenizer, TEMPLATE, question))
+    three_new = generate_answers(model, tokenizer, TEMPLATE, [question], max_new_tokens=3)
+    assert generate_answers(model, tokenizer, TEMPLATE, [question], max_new_tokens=prompt_length + 3,
+                            budget_counts_prompt=True) == three_new
+    assert generate_answers(model, tokenizer, TEMPLATE, [question], max_new_tokens=prompt_length + 3) != three_new
+    assert generate_answers(model, tokenizer, TEMPLATE, [question], max_new_tokens=prompt_length,
+                            budget_counts_prompt=True) == [""]
+
+
 def _records(with_paraphrase: bool) -> list[dict]:
     records = []
     for i, (q, a) in enumerate(PAIRS[:3]):

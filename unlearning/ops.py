@@ -72,12 +72,17 @@ def mean_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
-def kl_to_reference(policy_logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over labelled positions of KL(p_ref || p_policy) of the next-token distributions."""
-    policy_logits, targets = shift_for_next_token(policy_logits, labels)
-    ref_logits, _ = shift_for_next_token(ref_logits, labels)
-    mask = targets != IGNORE_INDEX
+def kl_to_reference(policy_logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor,
+                     positions: str = "answer") -> torch.Tensor:
+    """KL(p_ref || p_policy) of the next-token distributions, averaged over `positions`: "answer", the
+    labelled positions; "all", every position of the [B, T] batch, prompt and padding included
+    (TOFU's and open-unlearning's `kl_div(..., reduction="batchmean")` over the flattened logits)."""
+    if positions not in ("answer", "all"):
+        raise ValueError(f"positions={positions!r}: expected 'answer' or 'all'")
     log_p = torch.log_softmax(policy_logits.float(), dim=-1)
     log_q = torch.log_softmax(ref_logits.float(), dim=-1)
     kl = (log_q.exp() * (log_q - log_p)).sum(-1)
-    return masked_mean(kl, mask)
+    if positions == "all":
+        return kl.mean()
+    _, targets = shift_for_next_token(policy_logits, labels)
+    return masked_mean(kl[:, :-1], targets != IGNORE_INDEX)

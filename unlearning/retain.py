@@ -11,6 +11,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from unlearning.errors import ConfigError
 from unlearning.methods.base import decoder_layer_output, forward_logits
 from unlearning.ops import IGNORE_INDEX, kl_to_reference, masked_mse, mean_token_nll
 
@@ -38,15 +39,23 @@ class NLLRetain(RetainRegularizer):
 
 
 class KLRetain(RetainRegularizer):
-    """Stay close to the model before unlearning on retain answers: KL(p_ref || p_theta) per token."""
+    """Stay close to the model before unlearning on retain answers: KL(p_ref || p_theta) per token,
+    averaged over `positions` ("answer": the answer tokens; "all": every position of the batch, as TOFU
+    and open-unlearning do, see `kl_to_reference`)."""
 
     frozen_models = ("ref",)
+
+    def __init__(self, alpha: float = 1.0, positions: str = "answer") -> None:
+        super().__init__(alpha)
+        if positions not in ("answer", "all"):
+            raise ConfigError(f"retain.positions={positions!r}: expected 'answer' or 'all'")
+        self.positions = positions
 
     def forward(self, policy, batch, ref):
         retain = batch["retain"]
         with torch.no_grad():
             ref_logits = forward_logits(ref, retain)
-        return kl_to_reference(forward_logits(policy, retain), ref_logits, retain["labels"])
+        return kl_to_reference(forward_logits(policy, retain), ref_logits, retain["labels"], self.positions)
 
 
 class ActivationRetain(RetainRegularizer):

@@ -92,14 +92,21 @@ def score_answers(model, tokenizer, template: PromptTemplate, pairs: Sequence[tu
 @torch.no_grad()
 def generate_answers(model, tokenizer, template: PromptTemplate, questions: Sequence[str],
                      max_new_tokens: int = 200, batch_size: int = 32,
-                     progress_bar: tqdm | None = None) -> list[str]:
-    """Greedy answers to `questions`, batched with left padding so every prompt ends at the last slot."""
+                     progress_bar: tqdm | None = None, budget_counts_prompt: bool = False) -> list[str]:
+    """Greedy answers to `questions`, batched with left padding so every prompt ends at the last slot.
+
+    budget_counts_prompt: `max_new_tokens` bounds the whole left-padded sequence, prompt included, as
+    TOFU's own `generate(max_length=200)` does; an answer gets what the batch's prompts leave (none: "").
+    """
     prompts = map_sharded(lambda question: {"input_ids": encode_prompt(tokenizer, template, question)}, questions)
 
     def generate(idx: np.ndarray) -> list[str]:
         batch = pad_batch([prompts[i] for i in idx], pad_id(tokenizer), side="left")
         batch = {k: v.to(model.device) for k, v in batch.items()}
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id(tokenizer))
+        new_tokens = max_new_tokens - batch["input_ids"].shape[1] if budget_counts_prompt else max_new_tokens
+        if new_tokens <= 0:
+            return [""] * len(idx)
+        out = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id(tokenizer))
         texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         return [text.strip() for text in texts]
 

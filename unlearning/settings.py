@@ -95,6 +95,21 @@ class ReportSettings:
 
 
 @dataclasses.dataclass(kw_only=True)
+class ConventionSettings:
+    """`conventions` (conf/conventions/): where the project deliberately differs from a reference, the
+    value the method, retain and metric configs read; README "Conventions" lists each."""
+
+    name: str
+    kl_retain_positions: Literal["answer", "all"]
+    ceu_ignore_first_n_answer_tokens: int
+    satimp_gamma: float
+    extraction_strength_last_miss_one_over_n: bool
+    tofu_budget_counts_prompt: bool
+    tofu_max_examples: int | None
+    knowmem_stop: list[str]
+
+
+@dataclasses.dataclass(kw_only=True)
 class CommonSettings:
     seed: int
     max_length: int
@@ -104,6 +119,7 @@ class CommonSettings:
     logger: Target | None
     paths: PathSettings
     report: ReportSettings
+    conventions: ConventionSettings
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -3,7 +3,7 @@
 - Extraction strength (Wang et al. 2024, arXiv 2406.09179, after Carlini et al. 2021): `1 − k/|y|`,
   k the shortest prefix of the answer y after which the teacher-forced argmax reproduces the rest of y.
   k = |y| (the rest is empty) when even the last token is missed, so ES = 0; open-unlearning's loop
-  stops at k = |y| − 1 and reports 1/|y| there instead.
+  stops at k = |y| − 1 and reports 1/|y| there instead (`last_miss_scores_one_over_n`).
 - Exact memorization (Tirumala et al. 2022, arXiv 2205.10770): the fraction of answer tokens whose
   teacher-forced argmax equals the target.
 - Degenerate fraction: the share of generations that are empty or repetitive (`is_degenerate`), so a
@@ -26,11 +26,14 @@ from unlearning.ops import next_token_targets
 # ---------------------------------------------------------------------------------------------- pure
 
 
-def extraction_strength(correct) -> float:
-    """1 − k/n for the n per-token hits `correct` (argmax == target), k = 1 + the last miss (0 if none)."""
+def extraction_strength(correct, last_miss_scores_one_over_n: bool = False) -> float:
+    """1 − k/n for the n per-token hits `correct` (argmax == target), k = 1 + the last miss (0 if none);
+    `last_miss_scores_one_over_n` caps k at n − 1 as open-unlearning's loop does."""
     hits = np.asarray(correct, dtype=bool)
     misses = np.flatnonzero(~hits)
     k = int(misses[-1]) + 1 if misses.size else 0
+    if last_miss_scores_one_over_n:
+        k = min(k, len(hits) - 1)
     return 1.0 - k / len(hits)
 
 
@@ -76,8 +79,9 @@ class Memorization(MetricGroup):
     name = "memorization"
 
     def __init__(self, batch_size: int = 32, max_length: int = 512, max_new_tokens: int = 32,
-                 max_examples: int | None = None) -> None:
+                 max_examples: int | None = None, last_miss_scores_one_over_n: bool = False) -> None:
         self.batch_size, self.max_length = batch_size, max_length
+        self.last_miss_scores_one_over_n = last_miss_scores_one_over_n
         self.max_new_tokens, self.max_examples = max_new_tokens, max_examples
 
     def evaluate(self, model, tokenizer, template, benchmark) -> Evaluation:
@@ -87,7 +91,7 @@ class Memorization(MetricGroup):
         for name, records in sets.items():
             hits = labelled_token_values(model, tokenizer, template, records, argmax_hits,
                                          self.batch_size, self.max_length)
-            strength = [extraction_strength(h > 0.5) for h in hits]
+            strength = [extraction_strength(h > 0.5, self.last_miss_scores_one_over_n) for h in hits]
             exact = [exact_memorization(h > 0.5) for h in hits]
             generations = generate_answers(model, tokenizer, template, [r["question"] for r in records],
                                            self.max_new_tokens, self.batch_size)

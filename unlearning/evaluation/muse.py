@@ -32,7 +32,6 @@ from unlearning.evaluation.mia import labelled_token_values, membership_auc, min
 from unlearning.scoring import generate_answers, rouge_l_f1
 from unlearning.ops import token_logprobs
 
-KNOWMEM_STOP = re.compile(r"\n\n|Question")
 
 
 # ---------------------------------------------------------------------------------------------- pure
@@ -44,9 +43,10 @@ def knowmem_prompt(shots: Sequence[dict], question: str) -> str:
     return f"{context}Question: {question}\nAnswer: "
 
 
-def cut_knowmem_answer(generation: str) -> str:
-    """The generated answer up to a blank line or the next "Question" (the model moving on)."""
-    return KNOWMEM_STOP.split(generation, maxsplit=1)[0].strip()
+def cut_knowmem_answer(generation: str, stop: Sequence[str] = ("\n\n", "Question")) -> str:
+    """The generated answer up to the first of the `stop` strings (the model moving on): by default a
+    blank line or any "Question"; MUSE and open-unlearning stop at "\n\n", "\nQuestion", "Question:"."""
+    return re.split("|".join(map(re.escape, stop)), generation, maxsplit=1)[0].strip()
 
 
 def privleak_auc(forget_min_k, holdout_min_k) -> float:
@@ -68,7 +68,8 @@ class MuseMetrics(MetricGroup):
     source: a MUSE hub id (`muse-bench/MUSE-News`) or a folder in its layout (unlearning/data/muse.py);
     null derives MUSE-shaped data from the run's QABenchmark (see the module docstring). n_shots: the
     first N few-shot pairs (null: all of the ICL split, as MUSE). k: the Min-K% fraction of PrivLeak.
-    max_examples: only the first N records of each evaluated split. Aggregates: `muse_verbmem_f`,
+    max_examples: only the first N records of each evaluated split. knowmem_stop: where a KnowMem
+    answer is cut (`cut_knowmem_answer`). Aggregates: `muse_verbmem_f`,
     `muse_knowmem_f`, `muse_knowmem_r`, `muse_privleak_auc`; `muse_privleak` from `compare`.
     """
 
@@ -76,10 +77,12 @@ class MuseMetrics(MetricGroup):
 
     def __init__(self, source: str | None = None, verbmem_max_new_tokens: int = 128,
                  knowmem_max_new_tokens: int = 32, n_shots: int | None = None, k: float = 0.4,
-                 batch_size: int = 8, max_length: int = 2048, max_examples: int | None = None) -> None:
+                 batch_size: int = 8, max_length: int = 2048, max_examples: int | None = None,
+                 knowmem_stop: Sequence[str] = ("\n\n", "Question")) -> None:
         self.source, self.n_shots, self.k = source, n_shots, k
         self.verbmem_max_new_tokens, self.knowmem_max_new_tokens = verbmem_max_new_tokens, knowmem_max_new_tokens
         self.batch_size, self.max_length, self.max_examples = batch_size, max_length, max_examples
+        self.knowmem_stop = tuple(knowmem_stop)
         self._loaded: MuseData | None = None  # hub or folder data, read once per group
 
     def data(self, benchmark, template: PromptTemplate) -> MuseData:
@@ -100,7 +103,7 @@ class MuseMetrics(MetricGroup):
                 shots: list[dict]) -> dict[str, list]:
         prompts = [knowmem_prompt(shots[:self.n_shots], r["question"]) for r in records]
         generations = generate_answers(model, tokenizer, raw, prompts, self.knowmem_max_new_tokens, self.batch_size)
-        answers = [cut_knowmem_answer(g) for g in generations]
+        answers = [cut_knowmem_answer(g, self.knowmem_stop) for g in generations]
         return {"rouge_l_f1": rouge_l_f1(answers, [r["answer"] for r in records]).tolist(), "generation": answers}
 
     def min_k(self, model, tokenizer, template: PromptTemplate, records: list[dict]) -> list[float]:

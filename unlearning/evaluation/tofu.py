@@ -122,11 +122,12 @@ def _prob_and_truth_ratio(name: str, logp: np.ndarray, counts: np.ndarray,
 
 def evaluate_tofu(model, tokenizer, template: PromptTemplate, eval_sets: Mapping[str, list[dict]],
                   batch_size: int = 32, max_length: int = 512, max_new_tokens: int = 200,
-                  progress: bool = False, generate: bool = True) -> TofuEvaluation:
+                  progress: bool = False, generate: bool = True,
+                  budget_counts_prompt: bool = False) -> TofuEvaluation:
     """Probability, ROUGE-L recall and truth ratio on each present TOFU set, and model utility.
 
     `generate=False` skips generation (no ROUGE, no model utility): forward passes only, the cheap
-    subset evaluated during training."""
+    subset evaluated during training. `budget_counts_prompt`: see `generate_answers`."""
     unknown = set(eval_sets) - set(TOFU_SETS)
     if unknown:
         raise ValueError(f"unknown TOFU eval sets {sorted(unknown)}; expected a subset of {TOFU_SETS}")
@@ -146,7 +147,7 @@ def evaluate_tofu(model, tokenizer, template: PromptTemplate, eval_sets: Mapping
             per_example[name] = {"prob": prob.tolist(), "truth_ratio": ratios.tolist()}
             if generate:
                 generations = generate_answers(model, tokenizer, template, [r["question"] for r in records],
-                                               max_new_tokens, batch_size, bar)
+                                               max_new_tokens, batch_size, bar, budget_counts_prompt)
                 rouge = rouge_l_recall(generations, [r["answer"] for r in records])
                 aggregates[f"{name}_rouge"] = float(rouge.mean())
                 per_example[name].update(rouge=rouge.tolist(), generation=generations)
@@ -161,7 +162,8 @@ class TofuMetrics(MetricGroup):
     """The TOFU metrics as a metric group; forget quality comes from `compare` against the retain model.
 
     max_examples: evaluate only the first N records of each set; generate=False: forward passes only
-    (probability and truth ratio), the cheap subset used during training.
+    (probability and truth ratio), the cheap subset used during training; budget_counts_prompt:
+    `max_new_tokens` bounds prompt + answer (TOFU's own generation) instead of the answer alone.
     """
 
     name = "tofu"
@@ -170,13 +172,15 @@ class TofuMetrics(MetricGroup):
                "retain_prob", "retain_rouge", "retain_truth_ratio")
 
     def __init__(self, batch_size: int = 32, max_new_tokens: int = 200, max_length: int = 512,
-                 max_examples: int | None = None, generate: bool = True, progress: bool = True) -> None:
+                 max_examples: int | None = None, generate: bool = True, progress: bool = True,
+                 budget_counts_prompt: bool = False) -> None:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.max_length = max_length
         self.max_examples = max_examples
         self.generate = generate
         self.progress = progress
+        self.budget_counts_prompt = budget_counts_prompt
 
     def eval_sets(self, benchmark) -> dict[str, list[dict]]:
         return {name: records[: self.max_examples] if self.max_examples else records
@@ -184,7 +188,8 @@ class TofuMetrics(MetricGroup):
 
     def evaluate(self, model, tokenizer, template, benchmark) -> Evaluation:
         result = evaluate_tofu(model, tokenizer, template, self.eval_sets(benchmark), self.batch_size,
-                               self.max_length, self.max_new_tokens, self.progress, self.generate)
+                               self.max_length, self.max_new_tokens, self.progress, self.generate,
+                               self.budget_counts_prompt)
         return Evaluation(result.aggregates, result.per_example,
                           {"forget_truth_ratio": result.forget_truth_ratios.tolist()})
 

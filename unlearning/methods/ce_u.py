@@ -7,7 +7,8 @@ the gradient on the logits, softmax(z_t) - q_t, is bounded: it lowers y_t by p_t
 token is forgotten, unlike gradient ascent's 1/p_t) and redistributes the mass over the other tokens
 as the model already ranks them. That gradient is exactly the gradient of unlikelihood,
 -log(1 - p_t) (unlikelihood.py): the two losses differ by H(q_t), a constant under the stop-gradient,
-so both methods train identically.
+so both methods train identically, unless `ignore_first_n_answer_tokens` drops the first answer
+tokens from the mean (open-unlearning's CE-U uses 1; the default 0 keeps every answer token).
 """
 
 from __future__ import annotations
@@ -23,12 +24,22 @@ def ceu_target_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return without_targets(logits.detach(), targets)
 
 
-def ceu_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def without_first_labelled(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """`mask` [B, T] with the first `n` labelled positions of each row switched off."""
+    return mask & (mask.cumsum(dim=1) > n)
+
+
+def ceu_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_first_n_answer_tokens: int = 0) -> torch.Tensor:
     logits, targets, mask = next_token_targets(logits, labels)
+    mask = without_first_labelled(mask, ignore_first_n_answer_tokens)
     return masked_mean(soft_cross_entropy(logits, ceu_target_logits(logits, targets)), mask)
 
 
 class CEU(Objective):
+    def __init__(self, ignore_first_n_answer_tokens: int = 0, gamma: float = 1.0) -> None:
+        super().__init__(gamma)
+        self.ignore_first_n_answer_tokens = ignore_first_n_answer_tokens
+
     def forward(self, policy, batch):
         forget = batch["forget"]
-        return ceu_loss(forward_logits(policy, forget), forget["labels"])
+        return ceu_loss(forward_logits(policy, forget), forget["labels"], self.ignore_first_n_answer_tokens)
