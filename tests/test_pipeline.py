@@ -23,7 +23,8 @@ def read_results(run_dir: Path) -> dict:
 @pytest.mark.slow
 def test_default_experiment_cold_then_warm(tmp_path):
     """`unlearn` with no arguments: the target memorised the forget set (forget quality far below the
-    retain model's), unlearning moved it toward the retain model, and a second run reuses the stages."""
+    retain model's), unlearning moved it toward the retain model at little utility cost, and a second run
+    reuses the stages."""
     def unlearn(name: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-c", "from unlearning.cli import unlearn; unlearn()",
@@ -37,7 +38,10 @@ def test_default_experiment_cold_then_warm(tmp_path):
     assert set(models) == set(MODELS)
     assert models["target"]["forget_quality"] < 0.01
     assert models["retain"]["forget_quality"] == pytest.approx(1.0)
-    assert models["unlearned"]["forget_quality"] > 100 * models["target"]["forget_quality"]
+    # The default's ordering claims (README "The default experiment"): unlearning lifts forget quality by
+    # at least 3 orders of magnitude and keeps at least 0.8 of the retain model's utility.
+    assert models["unlearned"]["forget_quality"] >= 1000 * models["target"]["forget_quality"]
+    assert models["unlearned"]["model_utility"] >= 0.8 * models["retain"]["model_utility"]
     assert models["unlearned"]["forget_prob"] < models["target"]["forget_prob"]
     assert "forget_quality" in cold.stdout and "results:" in cold.stdout
     assert "stage finetune_target: building" in cold.stdout
