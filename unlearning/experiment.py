@@ -81,6 +81,7 @@ class Experiment:
             return math.nan
         path = results.report(self.run_dir, self.cfg, **extra)
         publish_results(self.cfg, path, results.models)
+        results.refuse_non_finite(path)
         if metric is not None:
             return float(results.models[model][metric])
         return sweep_objective(results.models[model], self.cfg.objective_metric)

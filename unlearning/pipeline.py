@@ -38,5 +38,5 @@ def run_evaluation(cfg: DictConfig) -> dict:
     experiment = Experiment.from_config(cfg)
     results = experiment.evaluator.evaluate([ModelSource(name, folder) for name, folder in folders.items()],
                                             "retain" if "retain" in folders else None)
-    results.report(experiment.run_dir, cfg)
+    results.refuse_non_finite(results.report(experiment.run_dir, cfg))
     return results.models
