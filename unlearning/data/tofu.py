@@ -24,18 +24,15 @@ def _local_file(folder: Path, name: str) -> Path:
 
 
 def load_records(path: str, name: str) -> list[dict]:
-    """One TOFU config as a list of records, through `datasets.load_dataset`: from the hub, or from a
-    local folder's file, which is first read line by line so that a broken file fails naming the line
-    (datasets' arrow errors name neither file nor line). An empty split is reported by QABenchmark."""
+    """One TOFU config as a list of records: through `datasets.load_dataset` from the hub, or a local
+    folder's file read by `read_json_lines`, so that a broken file fails naming the file and line
+    (datasets' arrow errors name neither). An empty split is reported by QABenchmark."""
     from datasets import load_dataset
 
     folder = Path(path).expanduser()
     if not folder.is_dir():
         return load_dataset(path, name, split="train").to_list()
-    file = _local_file(folder, name)
-    if not read_json_lines(file, "TOFU file"):
-        return []
-    return load_dataset("json", data_files=str(file), split="train").to_list()
+    return read_json_lines(_local_file(folder, name), "TOFU file")
 
 
 def load_tofu(split: str = "forget10", path: str = HUB_ID) -> QABenchmark:

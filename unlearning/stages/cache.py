@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 
 from unlearning.config import config_fingerprint, fingerprint
 from unlearning.errors import ConfigError, OutputError
+from unlearning.interrupts import enter_stage
 from unlearning.results import read_json_or_none, write_json_atomic
 from unlearning.strategies import barrier, broadcast, global_rank
 from unlearning.sweeps import in_multirun
@@ -108,6 +109,7 @@ class StageCache:
                 return folder
             if lead:
                 log.info("stage %s: building %s", stage, folder)
+            enter_stage(stage)
             build_folder(folder, make, {"stage": stage, "parts": parts})
         return folder
 
