@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from unlearning.config import build
+from unlearning.data.anchored_terms import load_dictionary
 from unlearning.errors import ConfigError
 from unlearning.evaluation.evaluator import ModelSource
 from unlearning.experiment import Experiment
@@ -21,14 +22,25 @@ def run(cfg: DictConfig) -> float | list[float]:
     """The entry point's only call: run the configured protocol, return the sweep metric. A multi-process
     trainer (conf/hardware/) starts its processes here; each runs the protocol (unlearning/strategies.py)."""
     prepare_config(cfg, RunSettings)
+    check_dictionaries(cfg)
     check_launch(cfg.trainer)
     start_processes(cfg.trainer)
     return build(cfg.protocol)(cfg)
 
 
+def check_dictionaries(cfg: DictConfig) -> None:
+    """The anchored-terms dictionaries a run will read, read now: a broken one fails at start-up, not
+    after three training stages."""
+    for key in ("data.anchored_terms", "eval.groups.familiarity.anchored_terms"):
+        name = OmegaConf.select(cfg, key)
+        if name:
+            load_dictionary(name)
+
+
 def run_evaluation(cfg: DictConfig) -> dict:
     """`unlearn-eval`: score a saved checkpoint (and, for forget quality, a retain model)."""
     prepare_config(cfg, EvaluationSettings)
+    check_dictionaries(cfg)
     folders = {"checkpoint": cfg.checkpoint}
     if cfg.get("retain_checkpoint"):
         folders["retain"] = cfg.retain_checkpoint

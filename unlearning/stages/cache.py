@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,18 @@ class StageCache:
         return folder
 
 
+def refuse_foreign_checkpoint(path: Path, key: str) -> None:
+    """Only a checkpoint this project wrote is resumed: `last.ckpt`-style Lightning files in a run's
+    checkpoints folder beside its CONFIG.json, and whole (torch saves a zip archive: a truncated one
+    has no central directory)."""
+    if path.suffix != ".ckpt" or not (path.parent / CHECKPOINT_CONFIG).is_file():
+        raise ConfigError(f"{key}: {path} is not a checkpoint this project wrote (no {CHECKPOINT_CONFIG} beside it); "
+                          "valid: <run folder>/checkpoints/last.ckpt")
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"{key}: {path} is corrupt or truncated (not a torch checkpoint archive); valid: a whole "
+                          "checkpoint (delete it to start afresh)")
+
+
 def writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
@@ -174,6 +187,7 @@ class ResumePolicy:
                 return None
             raise ConfigError(f"resume={self.resume}: no checkpoint {path} (resume=true needs "
                               "hydra.run.dir=<the killed run's folder>)")
+        refuse_foreign_checkpoint(path, f"resume={self.resume}")
         if not isinstance(self.resume, str) and not broadcast(self.written_under_this_config(path)):
             if self.resume is True:
                 raise ConfigError(f"resume=true: {path} was written under another config than this run's "
