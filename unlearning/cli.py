@@ -20,7 +20,7 @@ from unlearning.command_line import check_command_line, lock_run_folder, redact_
 from unlearning.config import CONFIG_DIR
 from unlearning.schema import LARGEST_INT
 from unlearning.errors import ConfigError, UnlearningError, quote
-from unlearning.interrupts import exit_if_lightning_stopped, install_signal_handlers
+from unlearning.interrupts import exit_if_lightning_stopped, signals_interrupt
 
 
 def error_line(error: BaseException) -> str:
@@ -33,9 +33,9 @@ def console_script(main: Callable) -> Callable:
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
-        install_signal_handlers()
         try:
-            return main(*args, **kwargs)
+            with signals_interrupt():
+                return main(*args, **kwargs)
         except UnlearningError as error:
             sys.exit(error_line(error))
         except SystemExit as error:

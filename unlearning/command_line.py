@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 
 from filelock import FileLock, Timeout
 
-from unlearning.errors import ConfigError, quote
+from unlearning.errors import MAX_QUOTED, ConfigError, quote
 
 SECRET_VARIABLES = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 SHORTEST_SECRET = 8  # shorter values are no real token, and would match innocent text
@@ -49,6 +49,8 @@ def check_command_line(arguments: Sequence[str], config_dir: str) -> None:
                                   f"in the environment (${{oc.env:{name}}} where a config needs one)")
         if key is None:
             continue
+        if len(key) > MAX_QUOTED:  # no config has such a key; Hydra would fail on it with a traceback
+            raise ConfigError(f"{quote(key)} is not a config key (too long); valid: `unlearn --cfg job` shows the keys")
         group = Path(config_dir) / key
         if group.is_dir() or key.startswith("hydra/"):
             value = argument.split("=", 1)[1]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import signal
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -39,16 +41,24 @@ def interrupted_message(signal_name: str) -> str:
 
 
 def _raise_interrupted(signum: int, _frame) -> None:
-    # a second signal while the first unwinds must not interrupt the clean-up
+    # a second signal (an impatient user, a scheduler's follow-up) ends the process at once
     for handled in HANDLED:
-        signal.signal(handled, signal.SIG_IGN)
+        signal.signal(handled, signal.SIG_DFL)
     raise Interrupted(interrupted_message(signal.Signals(signum).name))
 
 
-def install_signal_handlers() -> None:
-    """SIGTERM and SIGINT raise Interrupted (main thread only: signals are delivered there)."""
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGINT raise Interrupted while inside (main thread only: signals are delivered there);
+    the previous handlers come back after."""
+    previous = {handled: signal.getsignal(handled) for handled in HANDLED}
     for handled in HANDLED:
         signal.signal(handled, _raise_interrupted)
+    try:
+        yield
+    finally:
+        for handled, handler in previous.items():
+            signal.signal(handled, handler)
 
 
 def exit_if_lightning_stopped(error: BaseException) -> None:

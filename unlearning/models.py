@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from unlearning.data.collate import PromptTemplate
+from unlearning.data.files import looks_local
 from unlearning.errors import ConfigError
 from unlearning.lora import LoraSettings
 
@@ -176,11 +177,6 @@ def load_pretrained(path: str | Path, dtype: torch.dtype, trust_remote_code: boo
     # from_pretrained returns eval mode: training stages need dropout etc. as configured.
     model.train()
     return model, tokenizer
-
-
-def looks_local(path: str) -> bool:
-    """A path, not a hub id (`org/name`): absolute, relative with `.`/`~`, or with more than one `/`."""
-    return path.startswith(("/", ".", "~")) or "\\" in path or path.count("/") > 1
 
 
 def check_model_path(folder: Path, path: str) -> None:

@@ -10,6 +10,12 @@ from pathlib import Path
 from unlearning.data.benchmark import DataError
 
 
+def looks_local(path: str) -> bool:
+    """A path, not a hub id (`org/name`): absolute, relative with `.`/`~`, or with more than one `/`.
+    A local path that does not exist is refused, never looked up on the hub under that name."""
+    return path.startswith(("/", ".", "~")) or "\\" in path or path.count("/") > 1
+
+
 def read_text(path: Path, label: str) -> str:
     """The file's text; `label` says what the file is for ("TOFU file", "text corpus") in the error."""
     try:

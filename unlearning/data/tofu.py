@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from unlearning.data.benchmark import DataError, QABenchmark
-from unlearning.data.files import read_json_lines
+from unlearning.data.files import looks_local, read_json_lines
 
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 HUB_ID = "locuslab/TOFU"
@@ -31,6 +31,8 @@ def load_records(path: str, name: str) -> list[dict]:
 
     folder = Path(path).expanduser()
     if not folder.is_dir():
+        if folder.exists() or looks_local(path):
+            raise DataError(f"data.path={path} is not a folder; valid: a folder of TOFU files, or {HUB_ID}")
         return load_dataset(path, name, split="train").to_list()
     return read_json_lines(_local_file(folder, name), "TOFU file")
 
