@@ -21,7 +21,7 @@ from tests.conftest import compose_config, make_tiny_llama
 from unlearning import cli
 from unlearning.command_line import RUN_LOCK
 from unlearning.errors import MAX_QUOTED
-from unlearning.pipeline import run
+from unlearning.pipeline import run, run_evaluation
 from unlearning.planning.cli import main as plan_main
 from unlearning.report import main as report_main
 from unlearning.whp_terms import main as whp_terms_main
@@ -120,6 +120,13 @@ def hold_run_lock(case: Case) -> Callable[[], None]:
 def with_secret(case: Case, monkeypatch, variable: str, *arguments: str) -> Callable[[], None]:
     monkeypatch.setenv(variable, SECRET)
     return case.command(cli.unlearn, *arguments, f"hydra.run.dir={case.run_dir}")
+
+
+def evaluation(case: Case, *overrides: str) -> Callable[[], None]:
+    """`unlearn-eval <overrides>` as its task function runs it."""
+    cfg = compose_config(["model=stories260K", f"paths.cache_dir={case.cache}", *overrides], config_name="evaluate",
+                         run_dir=case.run_dir)
+    return lambda: cli._report_errors(run_evaluation, cfg)
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -241,7 +248,7 @@ CASES: list[tuple[str, Callable, str]] = [
      "split 'holdout' record 0 has no field 'answer'"),
     # 4. anchored-term dictionaries, read at start-up
     *[(f"dictionary {name}", (lambda c, mp, name=name, text=text: c.run(
-        "familiarity=default", f"data.anchored_terms={write(c.tmp / name, text) if text is not None else c.tmp / name}")),
+        "familiarity=default", f"eval.groups.familiarity.anchored_terms={write(c.tmp / name, text) if text is not None else c.tmp / name}")),
        name) for name, text in [
         ("missing.yaml", None), ("list.yaml", "- Holmes\n- Watson\n"), ("bad.yaml", "Holmes: [\n"),
         ("empty.yaml", ""), ("numbers.yaml", "Holmes: 3\n"), ("bad.json", '{"Holmes": '),
@@ -270,12 +277,15 @@ CASES: list[tuple[str, Callable, str]] = [
      "has no tokenizer"),
     ("pickled weights only", lambda c, mp: ((c.model / "model.safetensors").rename(c.model / "pytorch_model.bin"),
                                             c.run_model())[1], "has no .safetensors weights"),
-    ("unlearn-eval checkpoint missing", lambda c, mp: c.command(
-        cli.unlearn_eval, f"checkpoint={c.tmp / 'gone'}", f"hydra.run.dir={c.run_dir}"), "gone"),
+    ("unlearn-eval checkpoint missing", lambda c, mp: evaluation(c, f"checkpoint={c.tmp / 'gone'}"), "gone"),
+    ("unlearn-eval checkpoint is a file", lambda c, mp: evaluation(c, f"checkpoint={write(c.tmp / 'f', 'x')}"),
+     "checkpoint="),
+    ("unlearn-eval value", lambda c, mp: evaluation(c, f"checkpoint={c.model}", "eval.groups.tofu.max_new_tokens=inf"),
+     "eval.groups.tofu.max_new_tokens="),
     # 7. every console script validates its arguments
     *[(f"unlearn-whp-terms {' '.join(a)}", (lambda c, mp, a=a: c.command(
         whp_terms_main, "--baseline", str(c.model), "--reinforced", str(c.model),
-        "--text", str(write(c.tmp / "book.txt", "Holmes said.")), "--output", str(c.tmp / "terms.yaml"), *a)), a[0])
+        "--text", str(write(c.tmp / "book.txt", "Holmes said.")), "--output", str(c.tmp / "terms.yaml"), *a)), a[0].split("=")[0])
       for a in [("--top-k=-5",), ("--top-k=0",), ("--top-k=abc",), ("--min-count=0",), (f"--max-length={BIG}",),
                 ("--block-words=-1",), ("--max-blocks=0",), ("--dtype=float8",)]],
     ("unlearn-whp-terms missing text", lambda c, mp: c.command(
@@ -344,3 +354,51 @@ def test_hostile_input_is_refused_with_one_line(make, culprit, tmp_path, data_di
 def test_the_table_covers_every_class():
     assert len(CASES) >= 100
     assert len({case[0] for case in CASES}) == len(CASES)
+
+
+def test_report_lists_a_corrupt_job_as_failed_and_still_writes(tmp_path, capsys):
+    from tests.test_report import fake_job
+    fake_job(tmp_path / "method=npo,seed=0", 0, {"unlearned": {"forget_quality": 0.5, "model_utility": 0.6}})
+    fake_job(tmp_path / "method=npo,seed=1", 1, {"unlearned": {"forget_quality": 0.4, "model_utility": 0.6}})
+    broken = tmp_path / "method=npo,seed=1" / "results.json"
+    broken.write_text(broken.read_text()[:40])  # truncated
+    report_main([str(tmp_path)])
+    page = json.loads((tmp_path / "report.json").read_text())
+    assert (tmp_path / "report.html").exists()
+    assert f"{broken} is corrupt: not valid JSON" in json.dumps(page)
+
+
+def test_corrupt_cache_entries_are_named_discarded_and_rebuilt(tmp_path, caplog):
+    from unlearning.stages.cache import DONE_MARKER, StageCache
+    cache = StageCache(tmp_path)
+    built = []
+    folder = cache.get_or_build("base", {"a": 1}, lambda tmp: built.append(tmp))
+    (folder / DONE_MARKER).write_text('{"stage": "ba')  # truncated
+    with caplog.at_level(logging.WARNING, logger="unlearning.stages.cache"):
+        assert cache.get_or_build("base", {"a": 1}, lambda tmp: built.append(tmp)) == folder
+    assert len(built) == 2 and json.loads((folder / DONE_MARKER).read_text())["stage"] == "base"
+    assert caplog.messages == [f"{folder / DONE_MARKER} is corrupt: {folder} is discarded and built again"]
+
+
+def test_a_complete_cache_on_a_read_only_filesystem_is_used(tmp_path):
+    from unlearning.stages.cache import StageCache
+    cache = StageCache(tmp_path / "cache")
+    folder = cache.get_or_build("base", {"a": 1}, lambda tmp: None)
+    (tmp_path / "cache" / f"{folder.name}.lock").unlink(missing_ok=True)
+    (tmp_path / "cache").chmod(0o555)
+    try:
+        if __import__("os").access(tmp_path / "cache", __import__("os").W_OK):
+            pytest.skip("running as a user who writes anywhere (root)")
+        assert cache.get_or_build("base", {"a": 1}, lambda tmp: pytest.fail("rebuilt")) == folder
+    finally:
+        (tmp_path / "cache").chmod(0o755)
+
+
+def test_results_json_is_standard_json_with_null_for_non_finite(tmp_path):
+    from unlearning.evaluation.evaluator import Results
+    from unlearning.errors import NonFiniteMetric
+    results = Results({"unlearned": {"forget_quality": float("nan"), "model_utility": 0.5}}, {}, {}, "")
+    path = results.write(tmp_path, compose_config([], run_dir=tmp_path))
+    assert json.loads(path.read_text(), parse_constant=pytest.fail)["models"]["unlearned"]["forget_quality"] is None
+    with pytest.raises(NonFiniteMetric, match=r"metric unlearned\.forget_quality is not finite"):
+        results.refuse_non_finite(path)
