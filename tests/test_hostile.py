@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +21,7 @@ import pytest
 from filelock import FileLock
 
 from tests.conftest import compose_config, make_tiny_llama
+from tests.test_faults import FAST
 from unlearning import cli
 from unlearning.command_line import RUN_LOCK
 from unlearning.errors import MAX_QUOTED
@@ -178,6 +182,7 @@ CASES: list[tuple[str, Callable, str]] = [
     ("group option in a sweep list", lambda c, mp: c.command(cli.unlearn, "-m", "method=npo,../x"), "method="),
     ("hydra group option with ..", lambda c, mp: c.command(cli.unlearn, "hydra/launcher=../../x"), "hydra/launcher="),
     ("added group with ..", lambda c, mp: c.command(cli.unlearn, "+experiment=../../x"), "experiment="),
+    ("group option that does not exist", lambda c, mp: c.command(cli.unlearn, "method=npoo"), "method='npoo'"),
     ("unlearn-eval group with ..", lambda c, mp: c.command(cli.unlearn_eval, "model=../x"), "model="),
     ("unlearn-plan group with ..", lambda c, mp: c.command(plan_main, "data=../../x"), "data="),
     ("log folder above the run", lambda c, mp: c.run("logger.save_dir=../../x"), "logger.save_dir="),
@@ -402,3 +407,72 @@ def test_results_json_is_standard_json_with_null_for_non_finite(tmp_path):
     assert json.loads(path.read_text(), parse_constant=pytest.fail)["models"]["unlearned"]["forget_quality"] is None
     with pytest.raises(NonFiniteMetric, match=r"metric unlearned\.forget_quality is not finite"):
         results.refuse_non_finite(path)
+
+
+def start_unlearn(*arguments: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "from unlearning.cli import unlearn; unlearn()", *arguments],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen, limit: float = 400) -> None:
+    start = time.monotonic()
+    while not condition():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() - start < limit, "the stage never started"
+        time.sleep(0.2)
+
+
+# (stage, what shows the run is inside it, overrides that keep it there a while)
+STAGES = [
+    ("finetune_target", lambda run_dir, cache: any(cache.glob("finetune_target-*.partial")), []),
+    ("unlearn", lambda run_dir, cache: (run_dir / "checkpoints" / "last.ckpt").exists(), ["trainer.max_steps=400"]),
+    ("eval", lambda run_dir, cache: (run_dir / "unlearned" / "STAGE_DONE.json").exists(),
+     ["eval.groups.tofu.max_examples=200"]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stage", "inside", "longer"), STAGES, ids=[stage for stage, _, _ in STAGES])
+def test_sigterm_in_each_stage_ends_with_one_line_and_resumes(stage, inside, longer, tmp_path):
+    """SIGTERM (SLURM's preemption) in a stage: exit status 1, the last line names the signal and the
+    stage, no stage folder is taken as finished, and `resume=true` finishes the run."""
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    arguments = [f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}", *FAST, "finetune.epochs=2",
+                 "checkpoint_every_n_steps=1", "logger=none", *longer]
+    process = start_unlearn(*arguments)
+    wait_for(lambda: inside(run_dir, cache), process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith(f"error: interrupted by SIGTERM during stage {stage}"), err[-2000:]
+    assert "Traceback" not in err and not (run_dir / "results.json").exists()
+    resumed = subprocess.run([sys.executable, "-c", "from unlearning.cli import unlearn; unlearn()", *arguments,
+                              "resume=true"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["models"]["unlearned"]
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_run_folder_and_on_one_cache(tmp_path):
+    """Two runs at once: on one run folder the second is refused with one line and the first finishes
+    untouched; on one stage cache (two run folders) both finish, each stage built once."""
+    cache = tmp_path / "cache"
+    first = start_unlearn(f"hydra.run.dir={tmp_path / 'a'}", f"paths.cache_dir={cache}", *FAST, "finetune.epochs=2",
+                          "logger=none")
+    wait_for(lambda: (tmp_path / "a" / ".hydra" / "config.yaml").exists(), first)
+    same_folder = subprocess.run([sys.executable, "-c", "from unlearning.cli import unlearn; unlearn()",
+                                  f"hydra.run.dir={tmp_path / 'a'}", f"paths.cache_dir={cache}", "seed=1"],
+                                 capture_output=True, text=True, timeout=300)
+    assert same_folder.returncode == 1
+    assert same_folder.stderr.strip().splitlines() == [
+        f"error: hydra.run.dir={tmp_path / 'a'} is in use by another run (it holds {tmp_path / 'a' / RUN_LOCK}); "
+        "valid: a folder no running run writes to"]
+    second = start_unlearn(f"hydra.run.dir={tmp_path / 'b'}", f"paths.cache_dir={cache}", *FAST, "finetune.epochs=2",
+                           "logger=none")
+    for process in (first, second):
+        _, err = process.communicate(timeout=900)
+        assert process.returncode == 0, err[-3000:]
+    assert "seed: 1" not in (tmp_path / "a" / ".hydra" / "config.yaml").read_text()
+    assert not list(cache.glob("*.partial"))
+    stages = [folder.name.rsplit("-", 1)[0] for folder in cache.glob("*-*") if (folder / "STAGE_DONE.json").exists()]
+    assert sorted(stages) == sorted(set(stages))

@@ -54,11 +54,29 @@ def check_command_line(arguments: Sequence[str], config_dir: str) -> None:
         group = Path(config_dir) / key
         if group.is_dir() or key.startswith("hydra/"):
             value = argument.split("=", 1)[1]
+            options = sorted(path.stem for path in group.glob("*.yaml")) if group.is_dir() else []
             for option in value.split(","):
                 if ".." in PurePath(option.strip()).parts or option.strip().startswith(("/", "\\", "~")):
-                    options = sorted(path.stem for path in group.glob("*.yaml")) if group.is_dir() else []
                     raise ConfigError(f"{key}={quote(value)} leaves the config group {key}/; valid: "
                                       f"{', '.join(options) or 'an option of the group'}")
+            # hydra/ groups also hold Hydra's and its plugins' own options (hydra/launcher=basic)
+            if only_shipped_configs(arguments) and not key.startswith("hydra/") and group.is_dir() \
+                    and not sweep_syntax(value):
+                for option in value.split(","):
+                    if option not in ("null", "") and not (group / f"{option}.yaml").is_file():
+                        raise ConfigError(f"{key}={quote(option)} is not an option of the config group {key}/; "
+                                          f"valid: {', '.join(options)}")
+
+
+def only_shipped_configs(arguments: Sequence[str]) -> bool:
+    """No other config folder is searched (`--config-dir`, `hydra.searchpath`): conf/ has every option."""
+    return not any(argument.startswith(("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"))
+                   or "searchpath" in argument for argument in arguments)
+
+
+def sweep_syntax(value: str) -> bool:
+    """`choice(...)`, `range(...)`, `glob(*)`, interpolations: Hydra's to expand, not an option name."""
+    return any(character in value for character in "()*$[]{}")
 
 
 def run_folder(arguments: Sequence[str]) -> Path | None:
