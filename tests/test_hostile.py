@@ -424,7 +424,7 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen, limit: fl
 
 # (stage, what shows the run is inside it, overrides that keep it there a while)
 STAGES = [
-    ("finetune_target", lambda run_dir, cache: any(cache.glob("finetune_target-*.partial")), []),
+    ("finetune_target", lambda run_dir, cache: any(cache.glob("finetune_target-*.partial")), ["finetune.max_steps=-1", "finetune.epochs=2"]),
     ("unlearn", lambda run_dir, cache: (run_dir / "checkpoints" / "last.ckpt").exists(), ["trainer.max_steps=400"]),
     ("eval", lambda run_dir, cache: (run_dir / "unlearned" / "STAGE_DONE.json").exists(),
      ["eval.groups.tofu.max_examples=200"]),
@@ -437,12 +437,15 @@ def test_sigterm_in_each_stage_ends_with_one_line_and_resumes(stage, inside, lon
     """SIGTERM (SLURM's preemption) in a stage: exit status 1, the last line names the signal and the
     stage, no stage folder is taken as finished, and `resume=true` finishes the run."""
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
-    arguments = [f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}", *FAST, "finetune.epochs=2",
+    arguments = [f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}", *FAST, "finetune.max_steps=3",
                  "checkpoint_every_n_steps=1", "logger=none", *longer]
     process = start_unlearn(*arguments)
-    wait_for(lambda: inside(run_dir, cache), process)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=120)
+    try:
+        wait_for(lambda: inside(run_dir, cache), process)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
     assert process.returncode == 1, err[-3000:]
     assert err.strip().splitlines()[-1].startswith(f"error: interrupted by SIGTERM during stage {stage}"), err[-2000:]
     assert "Traceback" not in err and not (run_dir / "results.json").exists()
@@ -457,7 +460,7 @@ def test_two_runs_on_one_run_folder_and_on_one_cache(tmp_path):
     """Two runs at once: on one run folder the second is refused with one line and the first finishes
     untouched; on one stage cache (two run folders) both finish, each stage built once."""
     cache = tmp_path / "cache"
-    first = start_unlearn(f"hydra.run.dir={tmp_path / 'a'}", f"paths.cache_dir={cache}", *FAST, "finetune.epochs=2",
+    first = start_unlearn(f"hydra.run.dir={tmp_path / 'a'}", f"paths.cache_dir={cache}", *FAST, "finetune.max_steps=3",
                           "logger=none")
     wait_for(lambda: (tmp_path / "a" / ".hydra" / "config.yaml").exists(), first)
     same_folder = subprocess.run([sys.executable, "-c", "from unlearning.cli import unlearn; unlearn()",
@@ -467,11 +470,15 @@ def test_two_runs_on_one_run_folder_and_on_one_cache(tmp_path):
     assert same_folder.stderr.strip().splitlines() == [
         f"error: hydra.run.dir={tmp_path / 'a'} is in use by another run (it holds {tmp_path / 'a' / RUN_LOCK}); "
         "valid: a folder no running run writes to"]
-    second = start_unlearn(f"hydra.run.dir={tmp_path / 'b'}", f"paths.cache_dir={cache}", *FAST, "finetune.epochs=2",
+    second = start_unlearn(f"hydra.run.dir={tmp_path / 'b'}", f"paths.cache_dir={cache}", *FAST, "finetune.max_steps=3",
                            "logger=none")
-    for process in (first, second):
-        _, err = process.communicate(timeout=900)
-        assert process.returncode == 0, err[-3000:]
+    try:
+        for process in (first, second):
+            _, err = process.communicate(timeout=900)
+            assert process.returncode == 0, err[-3000:]
+    finally:
+        first.kill()
+        second.kill()
     assert "seed: 1" not in (tmp_path / "a" / ".hydra" / "config.yaml").read_text()
     assert not list(cache.glob("*.partial"))
     stages = [folder.name.rsplit("-", 1)[0] for folder in cache.glob("*-*") if (folder / "STAGE_DONE.json").exists()]
