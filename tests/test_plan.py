@@ -203,8 +203,8 @@ def test_an_unknown_hub_id_is_one_line():
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
-    (["--gpu-memory", "0"], "error: --gpu-memory=0 must be a positive number of GiB"),
-    (["--gpu-memory", "lots"], "error: argument --gpu-memory: invalid float value: 'lots'"),
+    (["--gpu-memory", "0"], "error: --gpu-memory=0 is not allowed; valid: a positive, finite number of GiB"),
+    (["--gpu-memory", "lots"], "error: unlearn-plan: argument --gpu-memory: invalid float value: 'lots'"),
     (["+trainer.strategy=fsdp"], "error: trainer.strategy=fsdp: unlearn-plan plans one process, DDP and DeepSpeed "
                                 "ZeRO (conf/hardware/)"),
     (["trainer.precision=transformer-engine"], "error: trainer.precision='transformer-engine' is not one of "

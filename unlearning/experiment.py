@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unlearning.config import build
 from unlearning.dashboards import publish_results
+from unlearning.interrupts import enter_stage
 from unlearning.data.benchmark import QABenchmark
 from unlearning.evaluation.evaluator import Evaluator, ModelSource, Results
 from unlearning.models import RUNTIME_KEYS, ModelSpec
@@ -70,6 +71,7 @@ class Experiment:
         """Score the models after the last training stage, then end the process group; None on the ranks
         that do not report. Every rank evaluates (data-parallel, full model replicas: see the Evaluator)
         and holds every result; rank 0 reports them."""
+        enter_stage("eval")
         results = (evaluator or self.evaluator).evaluate(sources, reference)
         return results if end_processes() else None
 
@@ -81,6 +83,7 @@ class Experiment:
             return math.nan
         path = results.report(self.run_dir, self.cfg, **extra)
         publish_results(self.cfg, path, results.models)
+        results.refuse_non_finite(path)
         if metric is not None:
             return float(results.models[model][metric])
         return sweep_objective(results.models[model], self.cfg.objective_metric)

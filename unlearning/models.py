@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from unlearning.data.collate import PromptTemplate
+from unlearning.data.files import looks_local
 from unlearning.errors import ConfigError
 from unlearning.lora import LoraSettings
 
@@ -139,7 +141,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype, trust_remote_code: boo
     losses and metrics, so this is what a researcher loading Llama-2 expects). The tokenizer's
     `model_max_length` becomes the model's context, where encoding cuts sequences (collate.py)."""
     path = str(path)
-    folder = Path(path)
+    folder = Path(path).expanduser()
+    check_model_path(folder, path)
     if folder.is_dir() and not any(
         (folder / name).exists() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
     ):
@@ -147,23 +150,67 @@ def load_pretrained(path: str | Path, dtype: torch.dtype, trust_remote_code: boo
     if folder.is_dir() and not any(folder.glob("*.safetensors")):
         raise ConfigError(f"model folder {path} has no .safetensors weights; valid: safetensors only (pickled "
                           "*.bin / *.pt checkpoints can run code when loaded: convert them where you trust them)")
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError) as error:  # transformers' several ways to fail
+        raise ConfigError(f"the tokenizer of {path} cannot be loaded: {first_line(error)}") from None
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"the tokenizer of {path} has neither a pad nor an EOS token; "
                               "valid: a tokenizer with either")
         log.warning("the tokenizer of %s has no pad token: padding with its EOS token %r", path, tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
-        **({"attn_implementation": attn_implementation} if attn_implementation else {}),
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+            **({"attn_implementation": attn_implementation} if attn_implementation else {}),
+        )
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as error:
+        raise ConfigError(f"the model {path} cannot be loaded: {first_line(error)}") from None
+    embeddings = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > embeddings:  # an id past the table would index out of range in the first batch
+        raise ConfigError(f"the tokenizer of {path} has {len(tokenizer)} tokens, more than the model's {embeddings} "
+                          "embeddings; valid: the tokenizer the model was trained with")
     context = getattr(model.config, "max_position_embeddings", None)
     if context:
         tokenizer.model_max_length = context
     # from_pretrained returns eval mode: training stages need dropout etc. as configured.
     model.train()
     return model, tokenizer
+
+
+def check_model_path(folder: Path, path: str) -> None:
+    """A model folder's files, each named when wrong: a missing local folder is refused (never looked up
+    as a hub id), a file given for the folder, a folder or corrupt JSON for config.json and the
+    tokenizer's JSON files, and truncated or corrupt safetensors."""
+    if not folder.exists():
+        if looks_local(path):
+            raise ConfigError(f"model folder {path} does not exist; valid: a local folder in save_pretrained "
+                              "format, or a hub id such as org/name")
+        return
+    if not folder.is_dir():
+        raise ConfigError(f"model folder {path} is a file; valid: a folder in save_pretrained format")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        file = folder / name
+        if file.is_dir():
+            raise ConfigError(f"{file} is a folder; valid: a JSON file")
+        if file.exists():
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise ConfigError(f"{file} is corrupt (not valid JSON: {first_line(error)})") from None
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                weights.keys()
+        except Exception as error:  # safetensors raises its own SafetensorError, or OSError
+            raise ConfigError(f"{file} is corrupt or truncated: {first_line(error)}") from None
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:

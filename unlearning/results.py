@@ -49,7 +49,36 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, default=float))
+    """Standard JSON: a non-finite number is written as null (Python's bare NaN/Infinity tokens are not
+    JSON, and other readers refuse them); `non_finite_entries` finds them first to report them."""
+    write_text_atomic(path, json.dumps(finite_or_null(payload), indent=2, allow_nan=False))
+
+
+def read_json_or_none(path: Path) -> Any:
+    """The JSON in `path`, or None when it cannot be read or parsed (a corrupt cache entry)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def finite_or_null(node: Any) -> Any:
+    """`node` with every non-finite float replaced by None (numpy and torch scalars taken as floats)."""
+    if isinstance(node, Mapping):
+        return {str(key): finite_or_null(value) for key, value in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [finite_or_null(value) for value in node]
+    if node is None or isinstance(node, (str, bool, int)):
+        return node
+    number = float(node)
+    return number if math.isfinite(number) else None
+
+
+def non_finite_entries(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """`model.metric` of every metric that is NaN or infinite (written as null in results.json); a
+    standard error is left out: of a single example it is undefined, not a failure."""
+    return [f"{model}.{name}" for model, metrics in models.items() for name, value in metrics.items()
+            if isinstance(value, float) and not math.isfinite(value) and not name.endswith("_stderr")]
 
 
 def format_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> str:

@@ -14,7 +14,7 @@ what it may hold:
   wherever it appears.
 
 `prepare_config` also refuses secrets in the config (it is written to results.json and sent to the
-loggers) and takes relative output paths inside the run folder.
+loggers) and output paths outside the run folder (relative ones are taken inside it).
 """
 
 from __future__ import annotations
@@ -33,12 +33,11 @@ from typing import Any, Literal, Union
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from unlearning.errors import ConfigError
+from unlearning.command_line import environment_secrets
+from unlearning.errors import ConfigError, quote
 from unlearning.settings import TRAINING_KEYS, EvaluationSettings, Target
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-SECRET_VARIABLES = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-SHORTEST_SECRET = 8  # shorter values are no real token, and would match innocent text
 OUTPUT_PATHS = ("logger.save_dir", "eval.groups.lm_eval.benchmark_dir")  # where a run writes besides run_dir
 
 
@@ -51,6 +50,8 @@ class Range:
     low_open: bool = False
 
     def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value) or (isinstance(value, int) and abs(value) > LARGEST_INT):
+            return False  # inf would pass `> 0`; an int past int64 overflows torch and the loaders
         return (value > self.low if self.low_open else value >= self.low) and value <= self.high
 
     def __str__(self) -> str:
@@ -59,6 +60,7 @@ class Range:
         return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
 
 
+LARGEST_INT = 2**63 - 1  # what torch, numpy and Lightning's counters hold
 POSITIVE = Range(0, low_open=True)
 NON_NEGATIVE = Range(0)
 COUNT = Range(1)
@@ -97,8 +99,13 @@ def prepare_config(cfg: DictConfig, schema: type) -> None:
     run_dir = Path(cfg.paths.run_dir)
     for key in OUTPUT_PATHS:
         path = OmegaConf.select(cfg, key)
-        if path and not Path(path).expanduser().is_absolute():
-            OmegaConf.update(cfg, key, str(run_dir / path))
+        if not path:
+            continue
+        inside = run_dir / Path(path).expanduser()  # an absolute path stays itself
+        if not os.path.abspath(inside).startswith(os.path.join(os.path.abspath(run_dir), "")):
+            raise ConfigError(f"{key}={quote(path)} is outside the run folder {run_dir}; valid: a path inside it "
+                              "(relative paths are taken inside it)")
+        OmegaConf.update(cfg, key, str(inside))
 
 
 def check_fields(key: str, node: dict, schema: type) -> None:
@@ -150,14 +157,16 @@ def check_value(key: str, value: Any, annotation: Any) -> None:
     if isinstance(value, dict) and "_target_" in value:
         check_target(key, value)
         return
+    if is_number(value) and not finite_number(value):  # whatever the annotation: no setting means inf or NaN
+        raise ConfigError(f"{key}={quote(value)} is not allowed; valid: a finite number (integers within int64)")
     for member in union_members(annotation):
         if matches(value, member):
             check_contents(key, value, member)
             rule = RANGES.get(key.rpartition(".")[2])
             if rule is not None and is_number(value) and value not in rule:
-                raise ConfigError(f"{key}={value!r} is out of range; valid: {rule}")
+                raise ConfigError(f"{key}={quote(value)} is out of range; valid: {rule}")
             return
-    raise ConfigError(f"{key}={value!r} is not allowed; valid: {describe(annotation)}")
+    raise ConfigError(f"{key}={quote(value)} is not allowed; valid: {describe(annotation)}")
 
 
 def matches(value: Any, member: Any) -> bool:
@@ -172,9 +181,9 @@ def matches(value: Any, member: Any) -> bool:
     if member is bool:
         return isinstance(value, bool)
     if member is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, int) and not isinstance(value, bool) and finite_number(value)
     if member is float:
-        return is_number(value)
+        return is_number(value) and finite_number(value)
     if member in (str, Path, os.PathLike):
         return isinstance(value, str)
     if member is Target:
@@ -211,9 +220,8 @@ def refuse_secrets(node: Any, key: str = "") -> None:
         for index, item in enumerate(node):
             refuse_secrets(item, f"{key}[{index}]")
     elif isinstance(node, str):
-        for variable in SECRET_VARIABLES:
-            secret = os.environ.get(variable, "")
-            if len(secret) >= SHORTEST_SECRET and secret in node:
+        for variable, secret in environment_secrets().items():
+            if secret in node:
                 raise ConfigError(f"{key} holds the value of ${variable}; valid: secrets stay in the environment "
                                   "(the config is written to results.json and the loggers)")
 
@@ -244,6 +252,11 @@ def describe(annotation: Any) -> str:
 
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def finite_number(value: float) -> bool:
+    """No number a run computes with is inf, NaN or an integer past int64 (which torch cannot hold)."""
+    return math.isfinite(value) and not (isinstance(value, int) and abs(value) > LARGEST_INT)
 
 
 def child(key: str, name: str) -> str:

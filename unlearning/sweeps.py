@@ -10,7 +10,6 @@ on; Hydra's basic sweeper ignores what jobs return.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -23,8 +22,8 @@ from omegaconf import DictConfig
 
 from unlearning.config import config_fingerprint
 from unlearning.dashboards import finish_run
-from unlearning.errors import ConfigError
-from unlearning.results import FAILED_FILE, FINISHED_FILE, write_json_atomic
+from unlearning.errors import ConfigError, Interrupted, quote
+from unlearning.results import FAILED_FILE, FINISHED_FILE, read_json_or_none, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ def sweep_objective(metrics: Mapping[str, float], names: str | Sequence[str]) ->
     wanted = [names] if isinstance(names, str) else list(names)
     unknown = [name for name in wanted if name not in metrics]
     if unknown:
-        raise ConfigError(f"objective_metric={unknown[0]!r} is not a result; valid: {', '.join(sorted(metrics))}")
+        raise ConfigError(f"objective_metric={quote(unknown[0])} is not a result; valid: {', '.join(sorted(metrics))}")
     values = [float(metrics[name]) for name in wanted]
     return values[0] if isinstance(names, str) else values
 
@@ -58,8 +57,8 @@ def run_sweep_job(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any
     try:
         config = config_fingerprint(cfg)
         finished = folder / FINISHED_FILE
-        stored = json.loads(finished.read_text()) if finished.exists() else {}
-        if stored.get("config") == config:
+        stored = read_json_or_none(finished) if finished.exists() else {}
+        if isinstance(stored, dict) and stored.get("config") == config and "objective" in stored:
             log.info("job %s finished in an earlier launch: not run again", job.job.override_dirname)
             return stored["objective"]
         (folder / FAILED_FILE).unlink(missing_ok=True)  # an earlier launch's failure
@@ -67,6 +66,8 @@ def run_sweep_job(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any
         if rank_zero_only.rank == 0:  # each process of a multi-process job returns; rank 0's value is the result
             write_json_atomic(finished, {"objective": objective, "config": config})
         return objective
+    except Interrupted:  # a signal ends the sweep, not just this job
+        raise
     except Exception as error:
         message = next(iter(str(error).strip().splitlines()), "")
         write_json_atomic(folder / FAILED_FILE, {

@@ -12,14 +12,16 @@ replacements (each distinct word gets one neutral name) for the user to edit.
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections import defaultdict
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from unlearning.cli import OneLineParser, console_script, positive_int
 from unlearning.data.anchored_terms import save_dictionary
+from unlearning.errors import ConfigError, quote
 from unlearning.data.text import read_texts, split_blocks
 from unlearning.scoring import score_tokens
 from unlearning.ops import IGNORE_INDEX
@@ -95,22 +97,27 @@ def propose_terms(baseline, reinforced, tokenizer, texts: Sequence[str], top_k: 
     return placeholder_replacements([expr for expr, _ in ranked])
 
 
+@console_script
 def main(argv: Sequence[str] | None = None) -> None:
     from unlearning.models import load_pretrained, DTYPES
 
-    parser = argparse.ArgumentParser(prog="unlearn-whp-terms", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="unlearn-whp-terms", description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", required=True, help="model folder or hub id: the model to unlearn from")
     parser.add_argument("--reinforced", required=True, help="the baseline further finetuned on the text")
     parser.add_argument("--text", required=True, help=".txt file or .jsonl with a `text` field")
     parser.add_argument("--output", required=True, help="YAML dictionary to write")
-    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
-    parser.add_argument("--min-count", type=int, default=3)
+    parser.add_argument("--top-k", type=positive_int, default=DEFAULT_TOP_K)
+    parser.add_argument("--min-count", type=positive_int, default=3)
     parser.add_argument("--all-words", action="store_true", help="rank lowercase expressions too")
-    parser.add_argument("--block-words", type=int, default=80)
-    parser.add_argument("--max-blocks", type=int, default=None)
-    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--block-words", type=positive_int, default=80)
+    parser.add_argument("--max-blocks", type=positive_int, default=None)
+    parser.add_argument("--max-length", type=positive_int, default=512)
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     args = parser.parse_args(argv)
+    if not Path(args.text).is_file():
+        raise ConfigError(f"--text={quote(args.text)} is not a file; valid: a .txt file or a .jsonl with a text field")
+    if Path(args.output).is_dir():
+        raise ConfigError(f"--output={quote(args.output)} is a folder; valid: the YAML file to write")
     baseline, tokenizer = load_pretrained(args.baseline, DTYPES[args.dtype])
     reinforced, _ = load_pretrained(args.reinforced, DTYPES[args.dtype])
     blocks = [b for text in read_texts(args.text) for b in split_blocks(text, args.block_words)][:args.max_blocks]

@@ -22,6 +22,7 @@ from unlearning.config import CONFIG_DIR
 from unlearning.data.benchmark import DataError
 from unlearning.data.collate import PromptTemplate, encode_record
 from unlearning.data.files import read_text
+from unlearning.errors import quote
 from unlearning.ops import IGNORE_INDEX
 from unlearning.results import write_text_atomic
 
@@ -38,12 +39,17 @@ def load_dictionary(name_or_path: str | Path) -> dict[str, str]:
         shipped = sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))
         raise DataError(f"anchored terms {name_or_path}: no such file or shipped dictionary ({', '.join(shipped)})")
     text = read_text(path, "anchored terms file")
-    terms = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        terms = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        where = getattr(error, "lineno", None) or getattr(getattr(error, "problem_mark", None), "line", -1) + 1
+        raise DataError(f"anchored terms file {path} line {where} is not valid {path.suffix.lstrip('.').upper() or 'YAML'}"
+                        ) from None
     if not isinstance(terms, dict) or not terms:
         raise DataError(f"anchored terms file {path}: expected a non-empty mapping term -> replacement")
     for term, replacement in terms.items():
         if not isinstance(term, str) or not isinstance(replacement, str) or not term.strip():
-            raise DataError(f"anchored terms file {path}: entry {term!r}: {replacement!r} is not text -> text")
+            raise DataError(f"anchored terms file {path}: entry {quote(term)}: {quote(replacement)} is not text -> text")
     return terms
 
 

@@ -26,6 +26,13 @@ def fits_field(name: str, value) -> bool:
     return isinstance(value, str)
 
 
+def is_blank(value) -> bool:
+    """An empty or whitespace-only text, or an empty list (or one holding such a text)."""
+    if isinstance(value, list):
+        return not value or any(is_blank(item) for item in value)
+    return not value.strip()
+
+
 @dataclass
 class QABenchmark:
     """TOFU-shaped splits.
@@ -77,11 +84,28 @@ class QABenchmark:
                     if not fits_field(name, record[name]):
                         kind = "a list of text" if name == "perturbed_answer" else "text"
                         raise DataError(f"{self.name}: split '{split}' record {i} field '{name}' is not {kind}")
+                    if is_blank(record[name]):  # an empty list of wrong answers breaks the truth ratio
+                        raise DataError(f"{self.name}: split '{split}' record {i} field '{name}' is empty")
                 pair = (record["question"], record["answer"])
                 if pair in first_seen:
                     raise DataError(f"{self.name}: split '{split}' record {i} repeats record {first_seen[pair]} "
                                     "(same question and answer)")
                 first_seen[pair] = i
+        self.check_perturbed_matches_forget()
+
+    def check_perturbed_matches_forget(self) -> None:
+        """The forget set's perturbed file must be its own: the same questions, as many (a perturbed file
+        of another split would score forget quality on questions that were never unlearned)."""
+        forget = [record["question"] for record in self.forget]
+        perturbed = [record["question"] for record in self.forget_perturbed]
+        if len(forget) != len(perturbed):
+            raise DataError(f"{self.name}: split 'forget_perturbed' has {len(perturbed)} records, split 'forget' "
+                            f"{len(forget)}; valid: the perturbed file of the same forget split")
+        asked = set(forget)
+        unmatched = next((i for i, question in enumerate(perturbed) if question not in asked), None)
+        if unmatched is not None:
+            raise DataError(f"{self.name}: split 'forget_perturbed' record {unmatched} asks a question that is not "
+                            "in split 'forget'; valid: the perturbed file of the same forget split")
 
     def eval_sets(self) -> dict[str, list[dict]]:
         """The four TOFU evaluation sets, by the names the metrics report them under."""

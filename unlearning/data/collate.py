@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from unlearning.errors import ConfigError
+from unlearning.errors import ConfigError, quote
 from unlearning.ops import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ class PromptTemplate:
     add_eos: bool = True
 
     def __post_init__(self) -> None:
-        """Each text holds plain text and its one field, nothing else: no attribute or index access
+        """Each text holds plain text and its one field once, nothing else (a prompt without `{question}`
+        renders every question the same): no attribute or index access
         (`str.format` would evaluate it) and no other braces (lm-eval renders our prompts as Jinja
         templates in an unsandboxed environment: a brace could smuggle Jinja code into it)."""
         for part, field in TEMPLATE_FIELDS.items():
@@ -44,8 +45,11 @@ class PromptTemplate:
             if any("{" in literal or "}" in literal
                    or (name is not None and (name, spec, conversion) != (field, "", None))
                    for literal, name, spec, conversion in pieces):
-                raise ConfigError(f"model.template.{part}={text!r} is not allowed; valid: plain text and {{{field}}}, "
-                                  "no other braces")
+                raise ConfigError(f"model.template.{part}={quote(text)} is not allowed; valid: plain text and "
+                                  f"{{{field}}}, no other braces")
+            if sum(name is not None for _, name, _, _ in pieces) != 1:
+                raise ConfigError(f"model.template.{part}={quote(text)} does not hold {{{field}}} exactly once; "
+                                  f"valid: plain text and {{{field}}} once")
 
 
 def _ids(tokenizer, text: str) -> list[int]:

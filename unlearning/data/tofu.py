@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from unlearning.data.benchmark import DataError, QABenchmark
-from unlearning.data.files import read_json_lines
+from unlearning.data.files import looks_local, read_json_lines
 
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 HUB_ID = "locuslab/TOFU"
@@ -24,18 +24,17 @@ def _local_file(folder: Path, name: str) -> Path:
 
 
 def load_records(path: str, name: str) -> list[dict]:
-    """One TOFU config as a list of records, through `datasets.load_dataset`: from the hub, or from a
-    local folder's file, which is first read line by line so that a broken file fails naming the line
-    (datasets' arrow errors name neither file nor line). An empty split is reported by QABenchmark."""
+    """One TOFU config as a list of records: through `datasets.load_dataset` from the hub, or a local
+    folder's file read by `read_json_lines`, so that a broken file fails naming the file and line
+    (datasets' arrow errors name neither). An empty split is reported by QABenchmark."""
     from datasets import load_dataset
 
     folder = Path(path).expanduser()
     if not folder.is_dir():
+        if folder.exists() or looks_local(path):
+            raise DataError(f"data.path={path} is not a folder; valid: a folder of TOFU files, or {HUB_ID}")
         return load_dataset(path, name, split="train").to_list()
-    file = _local_file(folder, name)
-    if not read_json_lines(file, "TOFU file"):
-        return []
-    return load_dataset("json", data_files=str(file), split="train").to_list()
+    return read_json_lines(_local_file(folder, name), "TOFU file")
 
 
 def load_tofu(split: str = "forget10", path: str = HUB_ID) -> QABenchmark:

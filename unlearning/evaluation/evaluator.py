@@ -17,7 +17,8 @@ and `per_example.json`, both written atomically.
 
 from __future__ import annotations
 
-import json
+import logging
+import os
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -28,9 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 from unlearning.config import build, fingerprint
 from unlearning.evaluation.base import Evaluation, MetricGroup
 from unlearning.models import ModelSpec
-from unlearning.results import format_table, write_json_atomic
+from unlearning.errors import NonFiniteMetric
+from unlearning.results import format_table, non_finite_entries, read_json_or_none, write_json_atomic
 from unlearning.sharding import sharded
 from unlearning.strategies import broadcast, global_rank
+
+log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 PER_EXAMPLE_FILE = "per_example.json"
@@ -114,15 +118,15 @@ class Evaluator:
         kept = {item: self.cache_file(source.folder, item.group) for item in items
                 if source.cached and item.group in self.nodes}
         # rank 0 reads them for all: the ranks must agree on what is scored, and another job may be writing
-        cached = broadcast({item: json.loads(file.read_text()) for item, file in kept.items() if file.exists()}
-                           if lead else None)
-        scored = {item: Evaluation.from_json(payload) for item, payload in cached.items()}
+        cached = broadcast({item: evaluation for item, file in kept.items()
+                            if (evaluation := cached_evaluation(file)) is not None} if lead else None)
+        scored = dict(cached)
         missing = [item for item in items if item not in scored]
         if missing:
             model, tokenizer = source.load(self.spec)
             for item in missing:
                 scored[item] = self.groups[item.group].evaluate(model, tokenizer, self.spec.template, self.benchmark)
-                if item in kept and lead:
+                if item in kept and lead and os.access(kept[item].parent, os.W_OK):  # a read-only cache: not kept
                     write_json_atomic(kept[item], scored[item].to_json())
         return scored
 
@@ -168,6 +172,19 @@ class Evaluator:
         return Results(models, per_example, paths, self.table(models, scored))
 
 
+def cached_evaluation(file: Path) -> Evaluation | None:
+    """A stage folder's kept evaluation; None when there is none, or when it is corrupt (truncated, not
+    an evaluation): then it is named in a warning and scored again."""
+    if not file.exists():
+        return None
+    payload = read_json_or_none(file)
+    try:
+        return Evaluation.from_json(payload)
+    except TypeError:  # not a mapping, or not Evaluation's fields
+        log.warning("%s is corrupt: it is discarded and the evaluation computed again", file)
+        return None
+
+
 @dataclass
 class Results:
     """A run's metrics per model, per-example values, the models' paths, and the printed tables."""
@@ -191,3 +208,11 @@ class Results:
         print(self.table)
         print(f"results: {path}")
         return path
+
+    def refuse_non_finite(self, path: Path) -> None:
+        """A NaN or infinite metric (written as null) fails the run, naming the metric: a sweep must not
+        rank it as a result."""
+        bad = non_finite_entries(self.models)
+        if bad:
+            raise NonFiniteMetric(f"{path}: metric {bad[0]} is not finite (written as null"
+                                  f"{f'; {len(bad) - 1} more' if len(bad) > 1 else ''})")

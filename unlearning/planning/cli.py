@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 from dataclasses import replace
 from typing import Sequence
@@ -22,8 +23,10 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
+from unlearning.cli import OneLineParser, console_script
+from unlearning.command_line import check_command_line
 from unlearning.config import CONFIG_DIR
-from unlearning.errors import UnlearningError
+from unlearning.errors import ConfigError, UnlearningError
 from unlearning.planning.memory import BACKWARD, training_terms
 from unlearning.planning.stages import FINETUNE_STAGES, RunPlan, StagePlan, plan_run
 
@@ -163,15 +166,16 @@ def verdicts(overrides: Sequence[str], cfg: DictConfig, plan: RunPlan, gpu_memor
     return max(errors, key=errors.get) if errors else None
 
 
+@console_script
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="unlearn-plan", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="unlearn-plan", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu-memory", type=float, metavar="GiB",
                         help="memory of one GPU: say which stages fit, and what would make the others fit")
-    parser.error = lambda message: sys.exit(f"error: {message}")  # one line, as every bad input
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.gpu_memory is not None and args.gpu_memory <= 0:
-        sys.exit(f"error: --gpu-memory={args.gpu_memory:g} must be a positive number of GiB")
+    if args.gpu_memory is not None and not (math.isfinite(args.gpu_memory) and args.gpu_memory > 0):
+        raise ConfigError(f"--gpu-memory={args.gpu_memory:g} is not allowed; valid: a positive, finite number of GiB")
+    check_command_line(overrides, CONFIG_DIR)
     from unlearning.schema import prepare_config
     from unlearning.settings import RunSettings
 

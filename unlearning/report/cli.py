@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import argparse
 import html
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-from unlearning.errors import ConfigError, UnlearningError
+from unlearning.cli import OneLineParser, console_script
+from unlearning.errors import ConfigError
 from unlearning.report.collect import Job, collect
 from unlearning.report.figures import ReportFigure, draw_figures
 from unlearning.report.page import html_page
@@ -125,9 +125,10 @@ def write_report(folder: Path, output: Path, columns: Sequence[str] | None, mode
     return markdown
 
 
+@console_script
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="unlearn-report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="unlearn-report", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a run folder or a multirun sweep folder (any folder above jobs)")
     parser.add_argument("--columns", nargs="+", default=None,
                         help="the metrics of the tables and CSV files (default: the runs' report.columns, which "
@@ -142,11 +143,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="log the tables and figures to a W&B run (default: when the runs used logger=wandb)")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
-        sys.exit(f"error: {args.folder} is not a folder")
-    try:  # bad input (no run found, an unwritable output folder): one line, exit status 1
-        markdown = write_report(args.folder, args.output or args.folder, args.columns, args.models, args.wandb,
-                                args.across)
-    except UnlearningError as error:
-        sys.exit(f"error: {error}")
+        raise ConfigError(f"{args.folder} is not a folder; valid: a run folder or a sweep folder")
+    if args.output is not None and args.output.exists() and not args.output.is_dir():
+        raise ConfigError(f"--output={args.output} is a file; valid: a folder to write the report to")
+    markdown = write_report(args.folder, args.output or args.folder, args.columns, args.models, args.wandb,
+                            args.across)
     print(markdown)
     print(f"report: {(args.output or args.folder).resolve() / 'report.html'}")

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from unlearning.results import FAILED_FILE
+from unlearning.results import FAILED_FILE, read_json_or_none
+
+log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 EVAL_HISTORY_FILE = "eval_during_training.json"
@@ -66,13 +69,42 @@ def collect(root: Path) -> list[Job]:
 
 def read_job(folder: Path, root: Path) -> Job:
     label = folder.relative_to(root).as_posix() if folder != root else folder.name
-    config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    try:
+        config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    except Exception as error:  # yaml and omegaconf raise several types: the job is listed, not the report lost
+        return Job(label, folder, OmegaConf.create(), models={},
+                   failure=f"{folder / '.hydra' / 'config.yaml'} is unreadable: {first_line(error)}")
     results = folder / RESULTS_FILE
     if not results.exists():
         return Job(label, folder, config, models={}, failure=failure_reason(folder))
-    eval_curves, loss_curves = unlearning_curves(folder)
-    return Job(label, folder, config, models=json.loads(results.read_text())["models"],
-               eval_curves=eval_curves, loss_curves=loss_curves)
+    models = read_models(results)
+    if isinstance(models, str):
+        return Job(label, folder, config, models={}, failure=models)
+    try:
+        eval_curves, loss_curves = unlearning_curves(folder)
+    except (OSError, ValueError, KeyError, TypeError) as error:  # a truncated log: the results still count
+        log.warning("%s: its curves are unreadable (%s): shown without them", folder, first_line(error))
+        eval_curves, loss_curves = {}, {}
+    return Job(label, folder, config, models=models, eval_curves=eval_curves, loss_curves=loss_curves)
+
+
+def read_models(results: Path) -> dict | str:
+    """results.json's metrics per model, or why they cannot be read (the job is then listed as failed)."""
+    try:
+        models = json.loads(results.read_text(encoding="utf-8"))["models"]
+    except (OSError, UnicodeDecodeError) as error:
+        return f"{results} is unreadable: {first_line(error)}"
+    except json.JSONDecodeError as error:
+        return f"{results} is corrupt: not valid JSON at line {error.lineno} (truncated?)"
+    except (KeyError, TypeError):
+        return f"{results} is corrupt: it has no 'models' mapping"
+    if not isinstance(models, dict) or not all(isinstance(metrics, dict) for metrics in models.values()):
+        return f"{results} is corrupt: 'models' is not a mapping of model to metrics"
+    return models
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:200]
 
 
 def unlearning_curves(folder: Path) -> tuple[Curves, Curves]:
@@ -106,7 +138,9 @@ def failure_reason(folder: Path) -> str:
     failed = folder / FAILED_FILE
     if not failed.exists():
         return f"no {RESULTS_FILE} (the job crashed, or is still running)"
-    record = json.loads(failed.read_text())
+    record = read_json_or_none(failed)
+    if not isinstance(record, dict) or not {"error", "message"} <= record.keys():
+        return f"no {RESULTS_FILE}, and {failed} is corrupt"
     return f"{record['error']}: {record['message']}"
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +27,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from unlearning.config import config_fingerprint, fingerprint
-from unlearning.errors import ConfigError
-from unlearning.results import write_json_atomic
+from unlearning.errors import ConfigError, OutputError
+from unlearning.interrupts import enter_stage
+from unlearning.results import read_json_or_none, write_json_atomic
 from unlearning.strategies import barrier, broadcast, global_rank
 from unlearning.sweeps import in_multirun
 
@@ -63,9 +66,17 @@ def build_folder(folder: Path, make: Callable[[Path], Any], record: Mapping) -> 
 
 
 def finished_record(folder: Path) -> dict | None:
-    """The done marker of a folder `build_folder` finished; None if it never finished."""
+    """The done marker of a folder `build_folder` finished; None if it never finished, or if the marker
+    is unreadable (truncated, not JSON, not a record): then the folder is named in a warning and taken
+    as unfinished, so the next build replaces it instead of every run failing on it."""
     marker = folder / DONE_MARKER
-    return json.loads(marker.read_text()) if marker.exists() else None
+    if not marker.exists():
+        return None
+    record = read_json_or_none(marker)
+    if not isinstance(record, dict):
+        log.warning("%s is corrupt: %s is discarded and built again", marker, folder)
+        return None
+    return record
 
 
 class StageCache:
@@ -81,16 +92,43 @@ class StageCache:
         """Under several processes rank 0 alone holds the lock and decides for all; every rank runs `make`
         (a training stage is one collective fit, written by rank 0) and waits for rank 0's rename."""
         folder = self.folder(stage, parts)
-        self.root.mkdir(parents=True, exist_ok=True)
         lead = global_rank() == 0
+        # a complete entry in a read-only cache (a shared, frozen copy) is taken without a lock file
+        if broadcast(lead and self.root.is_dir() and not writable(self.root) and finished_record(folder) is not None):
+            log.info("stage %s: reusing %s (read-only cache)", stage, folder)
+            return folder
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"paths.cache_dir={self.root} cannot be created: {error.strerror or error}") from None
+        if lead and not writable(self.root):
+            raise OutputError(f"paths.cache_dir={self.root} is read-only and holds no finished {stage} stage "
+                              f"({folder.name}); valid: a writable folder, or a cache that holds it")
         with FileLock(str(folder) + ".lock") if lead else nullcontext():
             if broadcast(finished_record(folder) is not None):
                 log.info("stage %s: reusing %s", stage, folder)
                 return folder
             if lead:
                 log.info("stage %s: building %s", stage, folder)
+            enter_stage(stage)
             build_folder(folder, make, {"stage": stage, "parts": parts})
         return folder
+
+
+def refuse_foreign_checkpoint(path: Path, key: str) -> None:
+    """Only a checkpoint this project wrote is resumed: `last.ckpt`-style Lightning files in a run's
+    checkpoints folder beside its CONFIG.json, and whole (torch saves a zip archive: a truncated one
+    has no central directory)."""
+    if path.suffix != ".ckpt" or not (path.parent / CHECKPOINT_CONFIG).is_file():
+        raise ConfigError(f"{key}: {path} is not a checkpoint this project wrote (no {CHECKPOINT_CONFIG} beside it); "
+                          "valid: <run folder>/checkpoints/last.ckpt")
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"{key}: {path} is corrupt or truncated (not a torch checkpoint archive); valid: a whole "
+                          "checkpoint (delete it to start afresh)")
+
+
+def writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
 
 
 @dataclass(frozen=True)
@@ -149,6 +187,7 @@ class ResumePolicy:
                 return None
             raise ConfigError(f"resume={self.resume}: no checkpoint {path} (resume=true needs "
                               "hydra.run.dir=<the killed run's folder>)")
+        refuse_foreign_checkpoint(path, f"resume={self.resume}")
         if not isinstance(self.resume, str) and not broadcast(self.written_under_this_config(path)):
             if self.resume is True:
                 raise ConfigError(f"resume=true: {path} was written under another config than this run's "
@@ -162,4 +201,10 @@ class ResumePolicy:
 
     def written_under_this_config(self, checkpoint: Path) -> bool:
         recorded = checkpoint.parent / CHECKPOINT_CONFIG
-        return recorded.is_file() and json.loads(recorded.read_text()) == {"config": self.config}
+        if not recorded.is_file():
+            return False
+        record = read_json_or_none(recorded)
+        if not isinstance(record, dict) or not isinstance(record.get("config"), str):
+            raise ConfigError(f"{recorded} is corrupt (not the record of a checkpoint's config); valid: the "
+                              "CONFIG.json a run wrote (delete the checkpoints folder to start afresh)")
+        return record == {"config": self.config}

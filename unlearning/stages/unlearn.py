@@ -16,6 +16,7 @@ import lightning as L
 
 from unlearning.config import build
 from unlearning.evaluation.during_training import periodic_evaluation
+from unlearning.interrupts import enter_stage
 from unlearning.lora import MERGED_FOLDER, add_adapters
 from unlearning.stages.cache import build_folder
 from unlearning.stages.inputs import StageInputs
@@ -45,6 +46,7 @@ def unlearn(experiment: "Experiment", target: Path, reference_model: Path | None
     if resume.saved_model(folder):
         log.info("stage unlearn: reusing %s", folder)
         return spec.load(evaluated)
+    enter_stage(experiment.unlearn_stage)
     checkpoint = resume.checkpoint(run_dir)  # before `checkpointing` records this run's config there
     objective = build(cfg.method)
     retain = build(cfg.retain) if cfg.get("retain") else None

@@ -1,0 +1,128 @@
+"""What the Hydra console scripts check on the raw command line, before Hydra writes `.hydra/` into the
+run folder: no secret of the environment pasted into an override (it would be saved there), no config
+group option reaching outside conf/ with `..`, and one run at a time in a run folder (`lock_run_folder`).
+`redact_secrets` masks a secret that reached `.hydra/` another way (a user's own config file)."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path, PurePath
+from typing import Iterator, Sequence
+
+from filelock import FileLock, Timeout
+
+from unlearning.errors import MAX_QUOTED, ConfigError, quote
+
+SECRET_VARIABLES = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+SHORTEST_SECRET = 8  # shorter values are no real token, and would match innocent text
+RUN_LOCK = ".run.lock"  # in the run folder: held by the run writing there
+NO_RUN_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve"}  # Hydra writes nothing
+MULTIRUN_FLAGS = {"-m", "--multirun"}  # each job has its own folder
+
+
+def environment_secrets() -> dict[str, str]:
+    """The secrets set in the environment: variable -> value."""
+    return {name: value for name in SECRET_VARIABLES if len(value := os.environ.get(name, "")) >= SHORTEST_SECRET}
+
+
+def without_secrets(text: str) -> str:
+    for name, secret in environment_secrets().items():
+        text = text.replace(secret, f"<${name}>")
+    return text
+
+
+def override_key(argument: str) -> str | None:
+    """`model` of `+model=x`, `~model`, `model@alias=x`; None for a flag."""
+    if argument.startswith("-") or "=" not in argument:
+        return None
+    return argument.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+
+
+def check_command_line(arguments: Sequence[str], config_dir: str) -> None:
+    """Raises ConfigError with one line for an override holding a secret or a group option with `..`."""
+    for position, argument in enumerate(arguments, 1):
+        key = override_key(argument)
+        for name, secret in environment_secrets().items():
+            if secret in argument:
+                raise ConfigError(f"{key or f'argument {position}'} holds the value of ${name}; valid: secrets stay "
+                                  f"in the environment (${{oc.env:{name}}} where a config needs one)")
+        if key is None:
+            continue
+        if len(key) > MAX_QUOTED:  # no config has such a key; Hydra would fail on it with a traceback
+            raise ConfigError(f"{quote(key)} is not a config key (too long); valid: `unlearn --cfg job` shows the keys")
+        group = Path(config_dir) / key
+        if group.is_dir() or key.startswith("hydra/"):
+            value = argument.split("=", 1)[1]
+            options = sorted(path.stem for path in group.glob("*.yaml")) if group.is_dir() else []
+            for option in value.split(","):
+                if ".." in PurePath(option.strip()).parts or option.strip().startswith(("/", "\\", "~")):
+                    raise ConfigError(f"{key}={quote(value)} leaves the config group {key}/; valid: "
+                                      f"{', '.join(options) or 'an option of the group'}")
+            # hydra/ groups also hold Hydra's and its plugins' own options (hydra/launcher=basic)
+            if only_shipped_configs(arguments) and not key.startswith("hydra/") and group.is_dir() \
+                    and not sweep_syntax(value):
+                for option in value.split(","):
+                    if option not in ("null", "") and not (group / f"{option}.yaml").is_file():
+                        raise ConfigError(f"{key}={quote(option)} is not an option of the config group {key}/; "
+                                          f"valid: {', '.join(options)}")
+
+
+def only_shipped_configs(arguments: Sequence[str]) -> bool:
+    """No other config folder is searched (`--config-dir`, `hydra.searchpath`): conf/ has every option."""
+    return not any(argument.startswith(("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"))
+                   or "searchpath" in argument for argument in arguments)
+
+
+def sweep_syntax(value: str) -> bool:
+    """`choice(...)`, `range(...)`, `glob(*)`, interpolations: Hydra's to expand, not an option name."""
+    return any(character in value for character in "()*$[]{}")
+
+
+def run_folder(arguments: Sequence[str]) -> Path | None:
+    """The `hydra.run.dir` a single run writes to, when the command line sets it."""
+    if MULTIRUN_FLAGS & set(arguments) or NO_RUN_FLAGS & set(arguments):
+        return None
+    given = [argument.split("=", 1)[1] for argument in arguments if override_key(argument) == "hydra.run.dir"]
+    return Path(given[-1]).expanduser() if given else None
+
+
+@contextmanager
+def lock_run_folder(arguments: Sequence[str]) -> Iterator[None]:
+    """Hold `<hydra.run.dir>/.run.lock` for the run: a second run on the same folder is refused before
+    Hydra touches it (two runs would mix their configs, checkpoints and results in one folder)."""
+    folder = run_folder(arguments)
+    if folder is None:
+        yield
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"hydra.run.dir={folder} cannot be created: {error.strerror or error}") from None
+    lock = FileLock(str(folder / RUN_LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"hydra.run.dir={folder} is in use by another run (it holds {folder / RUN_LOCK}); "
+                          "valid: a folder no running run writes to") from None
+    except OSError as error:
+        raise ConfigError(f"hydra.run.dir={folder} cannot be locked: {error.strerror or error}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def redact_secrets() -> None:
+    """Mask every secret of the environment in the run folder's `.hydra/` files (Hydra saved them
+    before the task runs; `prepare_config` then refuses the config that held one)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    secrets = environment_secrets()
+    if not secrets or not HydraConfig.initialized():
+        return
+    for file in (Path(HydraConfig.get().runtime.output_dir) / ".hydra").glob("*"):
+        if file.is_file():
+            text = file.read_text(errors="replace")
+            if without_secrets(text) != text:
+                file.write_text(without_secrets(text))
