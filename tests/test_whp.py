@@ -167,9 +167,13 @@ def test_sherlock_experiment_tiny(tmp_path):
         pytest.skip(f"needs {DATA_DIR / 'text'}")
     cfg = compose_config(["experiment=whp_sherlock", "data.benchmark.max_blocks=12", "data.benchmark.retain_lines=480",
                           "finetune.epochs=1", "reinforce.epochs=1", "trainer.max_epochs=1", "protocol.n_prompts=8",
-                          "protocol.n_forget_blocks=4", "max_length=64", f"paths.cache_dir={tmp_path / 'cache'}",
+                          "protocol.n_forget_blocks=4", "protocol.n_general=20", "protocol.kl_samples=4",
+                          "protocol.kl_new_tokens=8", "max_length=64", f"paths.cache_dir={tmp_path / 'cache'}",
                           f"paths.data_dir={DATA_DIR}"], run_dir=tmp_path / "run")
     term_prob = run(cfg)
     models = json.loads((tmp_path / "run" / "results.json").read_text())["models"]
     assert set(models) == {"base", "target", "reinforced", "unlearned", "whp_inference"}
     assert 0.0 <= term_prob <= 1.0 and all(m["heldout_ppl"] > 1.0 for m in models.values())
+    # drift from the base model on TOFU's biographies: none for the base itself, some once trained
+    assert models["base"]["base_kl"] == pytest.approx(0.0, abs=1e-5) and models["unlearned"]["base_kl"] > 0.0
+    assert all(models[name]["general_ppl"] > 1.0 for name in ("base", "target", "unlearned"))

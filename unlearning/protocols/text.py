@@ -11,6 +11,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from unlearning.data.anchored_terms import load_dictionary
+from unlearning.evaluation.base_drift import BaseDrift, read_texts
 from unlearning.errors import ConfigError
 from unlearning.evaluation.evaluator import ModelSource
 from unlearning.evaluation.text import TextMetrics, text_metric_groups
@@ -25,15 +26,23 @@ TRAINING_STAGES = ("finetune_target", "finetune_reinforced", "unlearn")
 
 
 def run_text(cfg: DictConfig, n_prompts: int = 200, context_words: int = 40, n_forget_blocks: int = 50,
-             batch_size: int = 32) -> float:
-    """Run the stages, print the table, write results.json; returns the unlearned model's term_prob."""
+             batch_size: int = 32, general_path: str | None = None, general_field: str = "text",
+             n_general: int = 200, kl_samples: int = 32, kl_new_tokens: int = 32) -> float:
+    """Run the stages, print the table, write results.json; returns the unlearned model's term_prob.
+    With `general_path`, also the drift from the base model (unlearning/evaluation/base_drift.py)."""
     if not cfg.data.get("anchored_terms"):
         raise ConfigError("data.anchored_terms is required by the text protocol (a dictionary file or shipped name)")
     experiment = Experiment.from_config(cfg)
     terms = load_dictionary(cfg.data.anchored_terms)
     text = TextMetrics(terms, n_prompts, context_words, n_forget_blocks, batch_size, cfg.max_length)
     # before training: a configured group that cannot score text fails now
-    evaluator = experiment.evaluator.with_groups({"text": text, **text_metric_groups(experiment.evaluator.groups)})
+    groups = {"text": text, **text_metric_groups(experiment.evaluator.groups)}
+    if general_path:
+        groups["base_drift"] = drift = BaseDrift(read_texts(general_path, general_field, n_general), kl_samples,
+                                                 max_new_tokens=kl_new_tokens, seed=cfg.seed,
+                                                 batch_size=batch_size, max_length=cfg.max_length)
+        drift.check_disjoint(experiment.benchmark.corpus())
+    evaluator = experiment.evaluator.with_groups(groups)
     target = finetune(experiment, "target", experiment.benchmark.forget)
     reinforced = reinforce(experiment, target)
     policy, tokenizer = unlearn(experiment, target)
@@ -42,6 +51,8 @@ def run_text(cfg: DictConfig, n_prompts: int = 200, context_words: int = 40, n_f
         spec = experiment.spec
         return WHPInference(spec.load(target)[0], spec.load(reinforced)[0], cfg.method.get("alpha", 5.0)), tokenizer
 
+    if general_path:  # the base model's own samples, drawn once for every model to be compared on
+        drift.bind_base(*experiment.spec.load(base_model(experiment)), experiment.spec.template)
     results = experiment.evaluate([
         ModelSource("base", base_model(experiment)), ModelSource("target", target),
         ModelSource("reinforced", reinforced, groups=["text"]),
