@@ -36,3 +36,7 @@ def unlearn_eval(cfg: DictConfig) -> dict:
     from unlearning.pipeline import run_evaluation
 
     return _report_errors(run_evaluation, cfg)
+
+
+if __name__ == "__main__":  # `python -m unlearning.cli` runs `unlearn` from a checkout
+    unlearn()

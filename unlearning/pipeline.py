@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from unlearning.config import build
+from unlearning.console import hydra_verbose, set_up_console
 from unlearning.errors import ConfigError
 from unlearning.evaluation.evaluator import ModelSource
 from unlearning.experiment import Experiment
@@ -20,6 +21,7 @@ from unlearning.strategies import start_processes
 def run(cfg: DictConfig) -> float | list[float]:
     """The entry point's only call: run the configured protocol, return the sweep metric. A multi-process
     trainer (conf/hardware/) starts its processes here; each runs the protocol (unlearning/strategies.py)."""
+    set_up_console(hydra_verbose())
     prepare_config(cfg, RunSettings)
     check_launch(cfg.trainer)
     start_processes(cfg.trainer)
@@ -28,6 +30,7 @@ def run(cfg: DictConfig) -> float | list[float]:
 
 def run_evaluation(cfg: DictConfig) -> dict:
     """`unlearn-eval`: score a saved checkpoint (and, for forget quality, a retain model)."""
+    set_up_console(hydra_verbose())
     prepare_config(cfg, EvaluationSettings)
     folders = {"checkpoint": cfg.checkpoint}
     if cfg.get("retain_checkpoint"):

@@ -18,6 +18,7 @@ and `per_example.json`, both written atomically.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +32,8 @@ from unlearning.models import ModelSpec
 from unlearning.results import format_table, write_json_atomic
 from unlearning.sharding import sharded
 from unlearning.strategies import broadcast, global_rank
+
+log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 PER_EXAMPLE_FILE = "per_example.json"
@@ -118,6 +121,9 @@ class Evaluator:
                            if lead else None)
         scored = {item: Evaluation.from_json(payload) for item, payload in cached.items()}
         missing = [item for item in items if item not in scored]
+        if lead:
+            log.info("evaluate %s: %s", source.name, ", ".join(
+                f"{item.group} ({'kept' if item not in missing else 'scoring'})" for item in items))
         if missing:
             model, tokenizer = source.load(self.spec)
             for item in missing:
@@ -148,10 +154,10 @@ class Evaluator:
                               for key in evaluation.aggregates if not key.endswith("_stderr")}
                 columns = sorted(aggregates - shown)
                 columns += [key for key in sorted({k for m in models.values() for k in m} - shown - set(columns))
-                            if key.startswith(name)]
+                            if key.startswith(name) and not key.endswith("_stderr")]
             shown.update(columns)
             if columns:
-                blocks.append(("" if not blocks else f"{name}\n") + format_table(models, columns))
+                blocks.append(("" if not blocks else f"{name}\n") + format_table(models, columns, prefix=f"{name}_"))
         return "\n\n".join(blocks)
 
     def evaluate(self, sources: Sequence[ModelSource], reference: str | None) -> "Results":
@@ -189,5 +195,5 @@ class Results:
         """Write the results, then print the tables and where the results are."""
         path = self.write(run_dir, cfg, **extra)
         print(self.table)
-        print(f"results: {path}")
+        print(f"\nresults: {path}")
         return path
