@@ -190,7 +190,7 @@ def test_a_figure_without_data_is_left_out_with_a_note(tmp_path, capsys):
     assert "- crashed: no results.json (the job crashed, or is still running)" in out
     assert sorted(path.name for path in (tmp_path / "report_figures").iterdir()) == ["forget_quality_vs_utility.png"]
     page = (tmp_path / "report.html").read_text()
-    assert "Not drawn: Evaluation during training, per job: no job evaluated during training" in page
+    assert "Not drawn: Evaluation during training, one panel per metric, one line per job coloured by method: no job evaluated during training" in page
     assert "Not drawn: lm-eval accuracies before (target) and after unlearning: no lm-eval accuracy" in page
     assert set(json.loads((tmp_path / "report.json").read_text())["not_drawn"]) == {"eval_curves", "loss_curves",
                                                                                    "lm_eval"}

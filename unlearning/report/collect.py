@@ -48,6 +48,21 @@ class Job:
         return self.config.get("seed")
 
     @property
+    def method(self) -> str:
+        """The method's config name (conf/method/<it>.yaml, from the job's .hydra/hydra.yaml), else its class."""
+        choices = self.folder / ".hydra" / "hydra.yaml"
+        if choices.exists():
+            chosen = OmegaConf.load(choices).hydra.runtime.choices.get("method")
+            if chosen:
+                return chosen
+        target = OmegaConf.select(self.config, "method._target_", default=None)
+        return target.rpartition(".")[2] if target else "unlearned"
+
+    @property
+    def split(self) -> str | None:
+        return OmegaConf.select(self.config, "data.split", default=None)
+
+    @property
     def group(self) -> str:
         """The label without its `seed=` item, shared by the jobs that differ only in seed; a sweep over
         seeds alone is one group, named after the sweep folder."""
