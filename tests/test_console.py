@@ -61,3 +61,20 @@ def test_a_default_run_prints_a_page_and_verbose_brings_back_the_rest(tmp_path):
     verbose = printed_lines(unlearn(tmp_path, "hydra.verbose=true"))
     fits = sum("`Trainer.fit` stopped" in line for line in verbose)  # Lightning's INFO is back...
     assert fits >= 1 and sum("GPU available" in line for line in verbose) == fits  # ...once: its handler is gone
+
+
+def test_a_multirun_ends_with_each_jobs_headline_metrics(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from tests.test_report import FAILURE, fake_job, model_metrics
+    from unlearning.sweep_summary import SweepSummary
+
+    fake_job(tmp_path / "method=npo", 0, {"unlearned": model_metrics(0.25, 0.5)})
+    fake_job(tmp_path / "method=simnpo", 0, failure=FAILURE)
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f"sweep: 2 jobs in {tmp_path}, 1 failed"
+    assert lines[1].split() == ["job", "forget_quality", "model_utility", "status"]
+    assert lines[3].split() == ["method=npo", "0.25", "0.5", "ok"]
+    assert lines[4].split() == ["method=simnpo", "-", "-", "failed"]
+    assert lines[-1] == f"report: unlearn-report {tmp_path}"
