@@ -72,7 +72,9 @@ def set_up_console(verbose: bool) -> None:
         return
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("lm_eval.models.huggingface").addFilter(DropMessages(HARNESS_MODEL_OBJECT_MESSAGES))
+    harness = logging.getLogger("lm_eval.models.huggingface")
+    if not any(isinstance(f, DropMessages) for f in harness.filters):  # once, however many sweep jobs
+        harness.addFilter(DropMessages(HARNESS_MODEL_OBJECT_MESSAGES))
     for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     import datasets
