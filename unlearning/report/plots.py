@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from unlearning.report.collect import Curves, Job
+from unlearning.report.collect import Job
 from unlearning.report.summary import UNLEARNED
 
 LOG_SCALE = {"forget_quality"}  # KS p-values span tens of orders of magnitude
