@@ -27,7 +27,7 @@ def test_a_wide_table_turns_so_metrics_are_rows():
     lines = format_table(models, list(models["target"]), prefix="lm_eval_").splitlines()
     assert lines[0].split() == ["metric", "target", "retain"]
     assert lines[2].split() == ["task_number_0_acc_norm", "0", "0"]
-    assert max(map(len, lines)) <= TABLE_WIDTH
+    assert max(len(line) for line in lines if not line.startswith(("stage ", "results:"))) <= TABLE_WIDTH  # paths vary
 
 
 def test_a_narrow_table_keeps_one_row_per_model():
@@ -50,7 +50,7 @@ def test_a_default_run_prints_a_page_and_verbose_brings_back_the_rest(tmp_path):
     assert len(lines) <= 40, "\n".join(lines)
     repeated = {line for line in lines if lines.count(line) > 1 and not re.fullmatch(r"[-= ]+", line)}
     assert not repeated
-    assert max(map(len, lines)) <= TABLE_WIDTH
+    assert max(len(line) for line in lines if not line.startswith(("stage ", "results:"))) <= TABLE_WIDTH  # paths vary
     assert sum(line.startswith("stage finetune_") for line in lines) == 2
     assert lines[-1] == f"results: {tmp_path / 'run' / 'results.json'}"
     table = lines.index(next(line for line in lines if line.startswith("metric") or line.startswith("model ")))
