@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import html
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from unlearning.report import main
 from unlearning.report.collect import collect, unlearning_curves
+from unlearning.report.figures import TITLES
 from unlearning.report.wandb_log import wandb_wanted
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -190,8 +192,8 @@ def test_a_figure_without_data_is_left_out_with_a_note(tmp_path, capsys):
     assert "- crashed: no results.json (the job crashed, or is still running)" in out
     assert sorted(path.name for path in (tmp_path / "report_figures").iterdir()) == ["forget_quality_vs_utility.png"]
     page = (tmp_path / "report.html").read_text()
-    assert "Not drawn: Evaluation during training, per job: no job evaluated during training" in page
-    assert "Not drawn: lm-eval accuracies before (target) and after unlearning: no lm-eval accuracy" in page
+    assert f"Not drawn: {TITLES['eval_curves']}: no job evaluated during training" in page
+    assert f"Not drawn: {html.escape(TITLES['lm_eval'])}: no lm-eval accuracy" in page
     assert set(json.loads((tmp_path / "report.json").read_text())["not_drawn"]) == {"eval_curves", "loss_curves",
                                                                                    "lm_eval"}
 

@@ -106,3 +106,6 @@ def _unlearn_eval(cfg: DictConfig) -> dict:
 
 unlearn = hydra_command(_unlearn)
 unlearn_eval = hydra_command(_unlearn_eval)
+
+if __name__ == "__main__":  # `python -m unlearning.cli` runs `unlearn` from a checkout
+    unlearn()

@@ -1,6 +1,7 @@
 """Dashboards: the configured Lightning logger for each training stage, and the final results on W&B.
 
-Every logger receives the full resolved config. With W&B, each stage (finetune_target, finetune_retain,
+Every logger receives the full resolved config; on W&B with the comparison keys (sweep, method, split,
+seed) at its top level, the method's settings under `method_settings`. With W&B, each stage (finetune_target, finetune_retain,
 unlearn, ...) is a run of its own: `job_type` = the stage, named after the sweep job's overrides,
 grouped by sweep folder (a single run: by experiment), tagged with the chosen method, model and data.
 The unlearn run, still open when the protocol ends, gets the final metrics as its summary and
@@ -42,16 +43,28 @@ def wandb_run_settings(cfg: DictConfig, stage: str) -> dict:
     return settings
 
 
+def comparison_keys(cfg: DictConfig) -> dict:
+    """The top-level config keys a dashboard groups and compares runs by: the sweep folder, the method's
+    config name, the forget split and the seed (the method's own settings move to `method_settings`)."""
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    method = hydra.runtime.choices.get("method") if hydra else None
+    return {"sweep": hydra.sweep.dir if hydra and hydra.mode == RunMode.MULTIRUN else None,
+            "method": method or OmegaConf.select(cfg, "method._target_", default=None),
+            "split": OmegaConf.select(cfg, "data.split", default=None), "seed": cfg.get("seed")}
+
+
 def stage_logger(cfg: DictConfig, stage: str):
     """The configured Lightning logger for one training stage (False without one)."""
     if not cfg.get("logger"):
         return False
+    config = OmegaConf.to_container(cfg, resolve=True)
     if uses_wandb(cfg):
         finish_run()  # the previous stage's run: each stage is a run of its own
         logger = build(cfg.logger, **wandb_run_settings(cfg, stage))
+        config = {**config, "method_settings": config.get("method"), **comparison_keys(cfg)}
     else:
         logger = build(cfg.logger, name=stage)
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    logger.log_hyperparams(config)
     return logger
 
 

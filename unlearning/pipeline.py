@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from unlearning.config import build
+from unlearning.console import hydra_verbose, set_up_console
 from unlearning.data.anchored_terms import load_dictionary
 from unlearning.errors import ConfigError
 from unlearning.evaluation.evaluator import ModelSource
@@ -22,6 +23,7 @@ from unlearning.strategies import start_processes
 def run(cfg: DictConfig) -> float | list[float]:
     """The entry point's only call: run the configured protocol, return the sweep metric. A multi-process
     trainer (conf/hardware/) starts its processes here; each runs the protocol (unlearning/strategies.py)."""
+    set_up_console(hydra_verbose())
     prepare_config(cfg, RunSettings)
     check_dictionaries(cfg)
     check_resume(cfg)
@@ -62,6 +64,7 @@ def check_resume(cfg: DictConfig) -> None:
 
 def run_evaluation(cfg: DictConfig) -> dict:
     """`unlearn-eval`: score a saved checkpoint (and, for forget quality, a retain model)."""
+    set_up_console(hydra_verbose())
     prepare_config(cfg, EvaluationSettings)
     check_dictionaries(cfg)
     folders = {"checkpoint": cfg.checkpoint}

@@ -81,17 +81,29 @@ def non_finite_entries(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
             if isinstance(value, float) and not math.isfinite(value) and not name.endswith("_stderr")]
 
 
-def format_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> str:
-    """A plain-text table: one row per model, one column per metric (3 significant digits)."""
+TABLE_WIDTH = 100  # columns of a terminal the printed tables fit
+
+
+def format_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str], prefix: str = "") -> str:
+    """A plain-text table of metrics (3 significant digits), one row per model; turned so that the
+    metrics are the rows when that is wider than TABLE_WIDTH. `prefix` is left off the metric names."""
 
     def cell(value: Any) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "-"
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
-    header = ["model", *columns]
-    body = [[name, *(cell(metrics.get(c)) for c in columns)] for name, metrics in rows.items()]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(text.ljust(w) for text, w in zip(line, widths)) for line in [header, *body]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    names = [c[len(prefix):] if prefix and c.startswith(prefix) else c for c in columns]
+    lines = _aligned([["model", *names], *([name, *(cell(m.get(c)) for c in columns)] for name, m in rows.items())])
+    if max(len(line) for line in lines) > TABLE_WIDTH:
+        lines = _aligned([["metric", *rows], *([name, *(cell(m.get(c)) for m in rows.values())]
+                                               for name, c in zip(names, columns))])
     return "\n".join(lines)
+
+
+def _aligned(table: list[list[str]]) -> list[str]:
+    """Left-aligned columns two spaces apart, the header underlined."""
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    lines = ["  ".join(text.ljust(w) for text, w in zip(line, widths)).rstrip() for line in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines

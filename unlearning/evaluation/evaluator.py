@@ -17,6 +17,7 @@ and `per_example.json`, both written atomically.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -122,6 +123,9 @@ class Evaluator:
                             if (evaluation := cached_evaluation(file)) is not None} if lead else None)
         scored = dict(cached)
         missing = [item for item in items if item not in scored]
+        if lead:
+            log.info("evaluate %s: %s", source.name, ", ".join(
+                f"{item.group} ({'kept' if item not in missing else 'scoring'})" for item in items))
         if missing:
             model, tokenizer = source.load(self.spec)
             for item in missing:
@@ -152,10 +156,10 @@ class Evaluator:
                               for key in evaluation.aggregates if not key.endswith("_stderr")}
                 columns = sorted(aggregates - shown)
                 columns += [key for key in sorted({k for m in models.values() for k in m} - shown - set(columns))
-                            if key.startswith(name)]
+                            if key.startswith(name) and not key.endswith("_stderr")]
             shown.update(columns)
             if columns:
-                blocks.append(("" if not blocks else f"{name}\n") + format_table(models, columns))
+                blocks.append(("" if not blocks else f"{name}\n") + format_table(models, columns, prefix=f"{name}_"))
         return "\n\n".join(blocks)
 
     def evaluate(self, sources: Sequence[ModelSource], reference: str | None) -> "Results":
@@ -206,7 +210,7 @@ class Results:
         """Write the results, then print the tables and where the results are."""
         path = self.write(run_dir, cfg, **extra)
         print(self.table)
-        print(f"results: {path}")
+        print(f"\nresults: {path}")
         return path
 
     def refuse_non_finite(self, path: Path) -> None:

@@ -104,7 +104,7 @@ def write_report(folder: Path, output: Path, columns: Sequence[str] | None, mode
     root, output = folder.resolve(), output.resolve()
     summary = summarize(jobs)
     shown = [row for row in summary if models is None or row.model in models]
-    figures = draw_figures(jobs, summary, columns)
+    figures = draw_figures(jobs, columns)
     write_figures(output, figures)
     tables = {"summary": (summary_fields(columns), summary_records(shown, columns)),
               "jobs": (job_fields(columns), job_records(jobs, columns, models))}

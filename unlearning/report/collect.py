@@ -32,6 +32,7 @@ REQUEST_FOLDER = re.compile(r"request(\d+)")  # a sequential run's requests (unl
 EVAL_PREFIX = "eval/"
 LOSS_PREFIX = "train/"
 SEED_ITEM = re.compile(r"(^|,)seed=[^,]*")
+METHOD_ITEM = re.compile(r"(^|[,/])method=([^,/]+)")
 
 Curves = dict[str, list[tuple[int, float]]]  # metric -> (step, value) in step order
 
@@ -49,6 +50,21 @@ class Job:
     @property
     def seed(self) -> int | None:
         return self.config.get("seed")
+
+    @property
+    def method(self) -> str:
+        """The method's config name (conf/method/<it>.yaml: the job's .hydra/hydra.yaml, else its label's
+        `method=` item), else its class."""
+        choices = self.folder / ".hydra" / "hydra.yaml"
+        chosen = OmegaConf.load(choices).hydra.runtime.choices.get("method") if choices.exists() else None
+        if chosen or (chosen := METHOD_ITEM.search(self.label)):
+            return chosen if isinstance(chosen, str) else chosen[2]
+        target = OmegaConf.select(self.config, "method._target_", default=None)
+        return target.rpartition(".")[2] if target else "unlearned"
+
+    @property
+    def split(self) -> str | None:
+        return OmegaConf.select(self.config, "data.split", default=None)
 
     @property
     def group(self) -> str:

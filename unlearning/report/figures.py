@@ -10,16 +10,17 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from unlearning.report.collect import Job
-from unlearning.report.summary import SummaryRow
 
 FIGURES_FOLDER = "report_figures"
 LOSSES = ("loss", "forget_loss", "retain_loss")
 TITLES = {
-    "forget_quality_vs_utility": "Forget quality vs model utility: one point per job's unlearned model, "
-                                 "the target and retain models as references",
-    "eval_curves": "Evaluation during training, per job",
-    "loss_curves": "Training losses of the unlearning stage, per job",
-    "lm_eval": "lm-eval accuracies before (target) and after unlearning",
+    "forget_quality_vs_utility": "Forget quality vs model utility per forget split: one point per job's "
+                                 "unlearned model (colour: method, marker: seed), the target and retain models "
+                                 "as references",
+    "eval_curves": "Evaluation during training, one panel per metric, one line per job coloured by method",
+    "loss_curves": "Training losses of the unlearning stage, one panel per term, coloured by method",
+    "lm_eval": "lm-eval accuracies before (target) and after unlearning, per method: mean and standard "
+               "deviation over seeds",
 }
 
 
@@ -36,7 +37,7 @@ class ReportFigure:
         return f"{FIGURES_FOLDER}/{self.name}.png"
 
 
-def draw_figures(jobs: Sequence[Job], summary: Sequence[SummaryRow], columns: Sequence[str]) -> list[ReportFigure]:
+def draw_figures(jobs: Sequence[Job], columns: Sequence[str]) -> list[ReportFigure]:
     try:
         from unlearning.report import plots
     except ModuleNotFoundError as error:
@@ -44,15 +45,16 @@ def draw_figures(jobs: Sequence[Job], summary: Sequence[SummaryRow], columns: Se
             raise
         reason = "matplotlib is not installed (pip install -e '.[report]')"
         return [ReportFigure(name, title, None, reason) for name, title in TITLES.items()]
+    colors = plots.method_colors(jobs)  # a method's colour in every figure
     drawings = {
-        "forget_quality_vs_utility": lambda: plots.forget_quality_vs_utility(jobs),
+        "forget_quality_vs_utility": lambda: plots.forget_quality_vs_utility(jobs, colors),
         "eval_curves": lambda: plots.curves(
-            {job.label: job.eval_curves for job in jobs}, columns,
-            "no job evaluated during training (eval.during_training.every_n_steps=N)"),
+            jobs, "eval_curves", columns,
+            "no job evaluated during training (eval.during_training.every_n_steps=N)", colors),
         "loss_curves": lambda: plots.curves(
-            {job.label: job.loss_curves for job in jobs}, LOSSES,
-            "no job has per-step losses in logs/unlearn/*/metrics.csv (logger=csv)"),
-        "lm_eval": lambda: plots.lm_eval_bars(summary),
+            jobs, "loss_curves", LOSSES,
+            "no job has per-step losses in logs/unlearn/*/metrics.csv (logger=csv)", colors),
+        "lm_eval": lambda: plots.lm_eval_bars(jobs, colors),
     }
     figures = []
     for name, draw in drawings.items():

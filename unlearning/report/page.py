@@ -18,6 +18,7 @@ th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
 figure { margin: 1.5em 0; }
 img { max-width: 100%; }
 .note { color: #8a5a00; }
+.wide { overflow-x: auto; }  /* a table of many columns scrolls by itself, not the page */
 """
 
 
@@ -35,9 +36,9 @@ def html_page(name: str, summary_table: str, caption: str, jobs_table: str, fail
     title = html.escape(f"unlearn-report: {name}")
     links = ", ".join(f'<a href="{file}">{file}</a>' for file in files)
     sections = [f"<h1>{title}</h1>", f"<p>Also written: {links}.</p>",
-                "<h2>Summary</h2>", f"<p>{html.escape(caption)}</p>" if caption else "", summary_table,
+                "<h2>Summary</h2>", f"<p>{html.escape(caption)}</p>" if caption else "", f'<div class="wide">{summary_table}</div>',
                 "<h2>Figures</h2>", *map(figure_html, figures),
-                "<h2>Jobs</h2>", jobs_table]
+                "<h2>Jobs</h2>", f'<div class="wide">{jobs_table}</div>']
     if failed:
         items = "".join(f"<li>{html.escape(job.label)}: {html.escape(job.failure)}</li>" for job in failed)
         sections += ["<h2>Failed jobs</h2>", f"<ul>{items}</ul>"]

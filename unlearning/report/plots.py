@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import io
 import math
+import statistics
 from typing import Mapping, Sequence
 
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from unlearning.report.collect import Curves, Job
-from unlearning.report.summary import UNLEARNED, SummaryRow, common_items
+from unlearning.report.collect import Job
+from unlearning.report.summary import UNLEARNED
 
 LOG_SCALE = {"forget_quality"}  # KS p-values span tens of orders of magnitude
 UTILITY, FORGET_QUALITY = "model_utility", "forget_quality"
@@ -22,7 +24,7 @@ OTHER_REFERENCE_MARKER = ("D", "tab:brown")
 LM_EVAL_PREFIX = "lm_eval_"
 LM_EVAL_ACCURACIES = ("_acc", "_acc_norm")
 PANELS_PER_ROW = 3
-GROUP_MARKERS = ("o", "^", "v", "P", "X", "D")
+SEED_MARKERS = ("o", "^", "s", "P", "X", "v", "D")
 
 
 class MissingData(Exception):
@@ -36,69 +38,91 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def short_labels(groups: Sequence[str]) -> dict[str, str]:
-    """Each group's label without the override items every group shares (`experiment=tofu`)."""
-    shared = set(common_items(groups).split(",")) if len(groups) > 1 else set()
-    return {group: ",".join(item for item in group.split(",") if item not in shared) or group for group in groups}
+def method_colors(jobs: Sequence[Job]) -> dict[str, tuple]:
+    """One colour per method, from the methods' names in order: the same in every figure of a report."""
+    palette = matplotlib.colormaps["tab10"].colors
+    return {method: palette[i % len(palette)] for i, method in enumerate(sorted({job.method for job in jobs}))}
 
 
-def forget_quality_vs_utility(jobs: Sequence[Job]) -> Figure:
-    """One point per job for its unlearned model (a colour per group: a group's seeds share it), and
-    every other model (target, retain, ...) as a labelled reference point; forget quality on a log axis."""
+def seed_markers(jobs: Sequence[Job]) -> dict:
+    return {seed: SEED_MARKERS[i % len(SEED_MARKERS)] for i, seed in enumerate(sorted({job.seed for job in jobs},
+                                                                                      key=str))}
 
-    def point(metrics: Mapping[str, float]) -> tuple[float, float] | None:
-        return (metrics[UTILITY], metrics[FORGET_QUALITY]) if UTILITY in metrics and FORGET_QUALITY in metrics else None
 
-    unlearned: dict[str, list[tuple[float, float]]] = {}
-    references: dict[str, set[tuple[float, float]]] = {}
-    for job in jobs:
-        for model, metrics in job.models.items():
-            if (xy := point(metrics)) is not None:
-                if model == UNLEARNED:
-                    unlearned.setdefault(job.group, []).append(xy)
-                else:
-                    references.setdefault(model, set()).add(xy)
-    if not unlearned:
+def by_split(jobs: Sequence[Job]) -> dict[str | None, list[Job]]:
+    """The jobs of each forget split (data.split), splits in name order."""
+    splits = sorted({job.split for job in jobs}, key=str)
+    return {split: [job for job in jobs if job.split == split] for split in splits}
+
+
+def method_legend(figure: Figure, colors: Mapping[str, tuple], extra: Sequence[tuple[Line2D, str]] = ()) -> None:
+    """The figure's legend right of its panels: one entry per method, then `extra` (seeds, references)."""
+    handles = [Line2D([], [], color=color, marker="o", linestyle="-") for color in colors.values()]
+    figure.legend([*handles, *(h for h, _ in extra)], [*colors, *(label for _, label in extra)],
+                  loc="outside right upper", fontsize="small")
+
+
+def present(colors: Mapping[str, tuple], jobs: Sequence[Job]) -> dict[str, tuple]:
+    """The colours of the methods these jobs ran."""
+    methods = {job.method for job in jobs}
+    return {method: color for method, color in colors.items() if method in methods}
+
+
+def forget_quality_vs_utility(jobs: Sequence[Job], colors: Mapping[str, tuple]) -> Figure:
+    """One panel per forget split (shared axes), one point per job's unlearned model: its method's colour,
+    its seed's marker; the split's target and retain models as labelled reference markers."""
+    scored = [job for job in jobs if {UTILITY, FORGET_QUALITY} <= set(job.models.get(UNLEARNED, {}))]
+    if not scored:
         raise MissingData(f"no unlearned model has both {FORGET_QUALITY} and {UTILITY}")
-    figure = Figure(figsize=(8, 5), layout="constrained")
-    axes = figure.add_subplot()
-    labels = short_labels(list(unlearned))
-    colors = matplotlib.colormaps["tab20"].colors
-    for i, (group, points) in enumerate(unlearned.items()):
-        # 20 colours, then the next marker: no two groups look alike, however large the sweep
-        axes.scatter(*zip(*points), label=labels[group], color=colors[i % len(colors)],
-                     marker=GROUP_MARKERS[i // len(colors) % len(GROUP_MARKERS)], zorder=3)
-    for model, points in references.items():
-        marker, color = REFERENCE_MARKERS.get(model, OTHER_REFERENCE_MARKER)
-        ordered = sorted(points)  # one per seed when the seeds' reference models differ
-        axes.scatter(*zip(*ordered), marker=marker, color=color, s=160, label=f"{model} model", zorder=2)
-        axes.annotate(model, ordered[-1], textcoords="offset points", xytext=(8, 6), fontsize="small")
-    axes.set_yscale("log")
-    axes.set_xlabel(f"model utility ({UTILITY})")
-    axes.set_ylabel(f"forget quality ({FORGET_QUALITY}, log scale)")
-    axes.grid(True, which="major", alpha=0.3)
-    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
+    colors, markers, splits = present(colors, scored), seed_markers(scored), by_split(scored)
+    figure = Figure(figsize=(3.6 * len(splits) + 2.2, 4), layout="constrained")
+    panels = figure.subplots(1, len(splits), sharex=True, sharey=True, squeeze=False)[0]
+    for panel, (split, split_jobs) in zip(panels, splits.items()):
+        for job in split_jobs:
+            metrics = job.models[UNLEARNED]
+            panel.scatter(metrics[UTILITY], metrics[FORGET_QUALITY], color=colors[job.method],
+                          marker=markers[job.seed], zorder=3)
+        for model in sorted({m for job in split_jobs for m in job.models if m != UNLEARNED}):
+            points = sorted({(job.models[model][UTILITY], job.models[model][FORGET_QUALITY]) for job in split_jobs
+                             if {UTILITY, FORGET_QUALITY} <= set(job.models.get(model, {}))})
+            if points:
+                marker, color = REFERENCE_MARKERS.get(model, OTHER_REFERENCE_MARKER)
+                panel.scatter(*zip(*points), marker=marker, color=color, s=120, zorder=2, alpha=0.8)
+                panel.annotate(model, points[-1], textcoords="offset points", xytext=(0, -14), ha="center",
+                               fontsize="x-small", color=color)
+        panel.set_title(f"split {split}" if split else "all jobs", fontsize="medium")
+        panel.set_xlabel(f"model utility ({UTILITY})")
+        panel.set_yscale("log")
+        panel.margins(0.08, 0.12)  # room for the reference labels under their markers
+        panel.grid(True, which="major", alpha=0.3)
+    panels[0].set_ylabel(f"forget quality ({FORGET_QUALITY}, log)")
+    seeds = [(Line2D([], [], color="gray", marker=marker, linestyle=""), f"seed {seed}")
+             for seed, marker in markers.items()] if len(markers) > 1 else []
+    references = [(Line2D([], [], color=color, marker=marker, linestyle="", markersize=9), f"{model} model")
+                  for model, (marker, color) in REFERENCE_MARKERS.items()]
+    method_legend(figure, colors, [*seeds, *references])
     return figure
 
 
-def curves(curves_by_job: Mapping[str, Curves], preferred: Sequence[str], missing: str) -> Figure:
-    """One panel per metric, one line per job (a colour per job across panels): the `preferred` metrics
-    the jobs logged, or every logged one when none of those was."""
-    logged_jobs = {label: job_curves for label, job_curves in curves_by_job.items() if job_curves}
+def curves(jobs: Sequence[Job], kind: str, preferred: Sequence[str], missing: str,
+           colors: Mapping[str, tuple]) -> Figure:
+    """One panel per term, one line per job coloured by its method: the `preferred` terms the jobs logged
+    (`kind`: "eval_curves" or "loss_curves"), or every logged one when none of those was."""
+    logged_jobs = [job for job in jobs if getattr(job, kind)]
     if not logged_jobs:
         raise MissingData(missing)
-    logged = sorted({metric for job_curves in logged_jobs.values() for metric in job_curves})
+    logged = sorted({metric for job in logged_jobs for metric in getattr(job, kind)})
     metrics = [metric for metric in preferred if metric in logged] or logged
     columns = min(PANELS_PER_ROW, len(metrics))
     rows = math.ceil(len(metrics) / columns)
-    figure = Figure(figsize=(4.2 * columns, 3.2 * rows + 0.4 * math.ceil(len(logged_jobs) / 3)), layout="constrained")
+    colors = present(colors, logged_jobs)
+    figure = Figure(figsize=(3.8 * columns + 1.8, 3.2 * rows), layout="constrained")
     panels = figure.subplots(rows, columns, squeeze=False).flat
-    lines = {}
     for panel, metric in zip(panels, metrics):
-        for index, (label, job_curves) in enumerate(logged_jobs.items()):
-            if metric in job_curves:
-                steps, values = zip(*job_curves[metric])
-                (lines[label],) = panel.plot(steps, values, marker=".", color=f"C{index % 10}")
+        for job in logged_jobs:
+            if metric in getattr(job, kind):
+                steps, values = zip(*getattr(job, kind)[metric])
+                panel.plot(steps, values, color=colors[job.method], alpha=0.8, linewidth=1.2)
         panel.set_title(metric, fontsize="medium")
         panel.set_xlabel("step")
         if metric in LOG_SCALE:
@@ -106,41 +130,40 @@ def curves(curves_by_job: Mapping[str, Curves], preferred: Sequence[str], missin
         panel.grid(True, alpha=0.3)
     for panel in panels[len(metrics):]:
         panel.set_visible(False)
-    figure.legend(list(lines.values()), list(lines), loc="outside lower center", ncols=min(3, len(lines)),
-                  fontsize="small")
+    method_legend(figure, colors)
     return figure
 
 
-def lm_eval_bars(rows: Sequence[SummaryRow]) -> Figure:
-    """Every lm-eval accuracy of the target model (before) and of each group's unlearned model (after);
-    error bars: the standard deviation over seeds, or for a single job the harness's stderr."""
-    shown = [row for row in rows if row.model in ("target", UNLEARNED)]
-    metrics = sorted({name for row in shown for name in row.metrics
-                      if name.startswith(LM_EVAL_PREFIX) and name.endswith(LM_EVAL_ACCURACIES)})
-    if not metrics:
+def lm_eval_bars(jobs: Sequence[Job], colors: Mapping[str, tuple]) -> Figure:
+    """Per forget split, every lm-eval accuracy as a group of bars: the target model, then each method's
+    unlearned model; the height is the mean over seeds, the error bar their standard deviation."""
+    scored = [job for job in jobs if any(accuracy(name) for name in job.models.get(UNLEARNED, {}))]
+    if not scored:
         raise MissingData("no lm-eval accuracy in the results (the lm_eval metric group was off)")
-    height = 0.8 / len(shown)
-    figure = Figure(figsize=(8, 1.2 + 0.25 * len(metrics) * len(shown)), layout="constrained")
-    axes = figure.add_subplot()
-    for index, row in enumerate(shown):
-        positions = [m + (index + 0.5) * height - 0.4 for m in range(len(metrics))]
-        values = [row.metrics[name].mean if name in row.metrics else math.nan for name in metrics]
-        axes.barh(positions, values, height, xerr=[bar_error(row, name) for name in metrics], label=row.name,
-                  capsize=2)
-    axes.set_yticks(range(len(metrics)), [name.removeprefix(LM_EVAL_PREFIX) for name in metrics], fontsize="small")
-    axes.invert_yaxis()
-    axes.set_xlim(0, 1)
-    axes.set_xlabel("accuracy")
-    axes.grid(True, axis="x", alpha=0.3)
-    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
+    colors, splits = {"target": REFERENCE_MARKERS["target"][1], **present(colors, scored)}, by_split(scored)
+    metrics = sorted({name for job in scored for name in job.models[UNLEARNED] if accuracy(name)})
+    figure = Figure(figsize=(max(6.0, 0.9 * len(metrics) * len(splits)) + 1.8, 3.6 * len(splits)),
+                    layout="constrained")
+    panels = figure.subplots(len(splits), 1, sharey=True, squeeze=False)[:, 0]
+    width = 0.8 / len(colors)
+    for panel, (split, split_jobs) in zip(panels, splits.items()):
+        for index, bar in enumerate(colors):
+            chosen = [job.models.get("target", {}) if bar == "target" else job.models[UNLEARNED]
+                      for job in split_jobs if bar == "target" or job.method == bar]
+            values = [[model[name] for model in chosen if name in model] for name in metrics]
+            positions = [m - 0.4 + (index + 0.5) * width for m in range(len(metrics))]
+            panel.bar(positions, [statistics.mean(v) if v else math.nan for v in values], width,
+                      yerr=[statistics.stdev(v) if len(v) > 1 else 0.0 for v in values], color=colors[bar],
+                      capsize=2)
+        panel.set_xticks(range(len(metrics)), [name.removeprefix(LM_EVAL_PREFIX) for name in metrics],
+                         rotation=30, ha="right", fontsize="x-small")
+        panel.set_ylim(0, 1)
+        panel.set_ylabel("accuracy")
+        panel.set_title(f"split {split}" if split else "all jobs", fontsize="medium")
+        panel.grid(True, axis="y", alpha=0.3)
+    method_legend(figure, colors)
     return figure
 
 
-def bar_error(row: SummaryRow, name: str) -> float:
-    statistic = row.metrics.get(name)
-    if statistic is None:
-        return math.nan
-    if statistic.std is not None:
-        return statistic.std
-    stderr = row.metrics.get(f"{name}_stderr")
-    return stderr.mean if stderr is not None else 0.0
+def accuracy(name: str) -> bool:
+    return name.startswith(LM_EVAL_PREFIX) and name.endswith(LM_EVAL_ACCURACIES)

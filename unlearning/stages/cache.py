@@ -84,6 +84,7 @@ class StageCache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
+        self.announced: set[Path] = set()  # a stage two others build on (base) is reported once per run
 
     def folder(self, stage: str, parts: Any) -> Path:
         return self.root / f"{stage}-{fingerprint(parts)}"
@@ -106,12 +107,15 @@ class StageCache:
                               f"({folder.name}); valid: a writable folder, or a cache that holds it")
         with FileLock(str(folder) + ".lock") if lead else nullcontext():
             if broadcast(finished_record(folder) is not None):
-                log.info("stage %s: reusing %s", stage, folder)
+                if folder not in self.announced:
+                    log.info("stage %s: reusing %s", stage, folder)
+                self.announced.add(folder)
                 return folder
             if lead:
                 log.info("stage %s: building %s", stage, folder)
             enter_stage(stage)
             build_folder(folder, make, {"stage": stage, "parts": parts})
+        self.announced.add(folder)
         return folder
 
 
