@@ -29,7 +29,7 @@ def test_group_on_a_tiny_model(model, tokenizer, tmp_path):
     terms.write_text("Paris: Lyon\nRome: Turin\n")
     qa = [{"question": "Where was she born?", "answer": "She was born in Paris near Rome."}]
     mc = [{"question": "q", "answer": "a", "perturbed_answer": ["b"]}]
-    perturbed = [{"question": "q", "answer": "a", "paraphrased_answer": "a", "perturbed_answer": ["b"]}]
+    perturbed = [{**qa[0], "paraphrased_answer": "a", "perturbed_answer": ["b"]}]  # a perturbed split matches its split
     benchmark = QABenchmark("tiny", full=qa, retain=qa, forget=qa, forget_perturbed=perturbed,
                             retain_perturbed=perturbed, real_authors=mc, world_facts=mc)
     evaluation = Familiarity(str(terms), max_new_tokens=4).evaluate(model, tokenizer, PromptTemplate(), benchmark)

@@ -102,7 +102,8 @@ def prepare_config(cfg: DictConfig, schema: type) -> None:
         if not path:
             continue
         inside = run_dir / Path(path).expanduser()  # an absolute path stays itself
-        if not os.path.abspath(inside).startswith(os.path.join(os.path.abspath(run_dir), "")):
+        folder = os.path.abspath(run_dir)
+        if os.path.abspath(inside) != folder and not os.path.abspath(inside).startswith(os.path.join(folder, "")):
             raise ConfigError(f"{key}={quote(path)} is outside the run folder {run_dir}; valid: a path inside it "
                               "(relative paths are taken inside it)")
         OmegaConf.update(cfg, key, str(inside))
