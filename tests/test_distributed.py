@@ -96,7 +96,7 @@ def test_ranks_split_the_single_process_batches():
 def test_two_processes_follow_the_single_process_loss_curve(strategy, method, overrides, single_process, tmp_path):
     during = EVAL_DURING_TRAINING if method == "npo" else []
     command = [sys.executable, str(Path(sys.executable).parent / "unlearn"), f"hydra.run.dir={tmp_path}",
-               f"method={method}", "data.batch_size=4", *overrides, *HARDWARE[strategy], *during]
+               f"method={method}", "data.batch_size=4", "hydra.verbose=true", *overrides, *HARDWARE[strategy], *during]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Starting with 2 processes" in done.stdout + done.stderr

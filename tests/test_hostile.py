@@ -24,7 +24,7 @@ from tests.conftest import compose_config, make_tiny_llama
 from tests.test_faults import FAST
 from unlearning import cli
 from unlearning.command_line import RUN_LOCK
-from unlearning.errors import MAX_QUOTED
+from unlearning.errors import MAX_QUOTED, ConfigError
 from unlearning.pipeline import run, run_evaluation
 from unlearning.planning.cli import main as plan_main
 from unlearning.report import main as report_main
@@ -489,3 +489,18 @@ def test_two_runs_on_one_run_folder_and_on_one_cache(tmp_path):
     assert not list(cache.glob("*.partial"))
     stages = [folder.name.rsplit("-", 1)[0] for folder in cache.glob("*-*") if (folder / "STAGE_DONE.json").exists()]
     assert sorted(stages) == sorted(set(stages))
+
+
+def test_the_ranks_of_one_launch_share_the_run_folder_lock(tmp_path, monkeypatch):
+    """torchrun and SLURM start every rank with the same command line: rank 0 holds the run folder, the
+    others run in it; a second launch's rank 0 is still refused."""
+    from unlearning.command_line import lock_run_folder
+    arguments = [f"hydra.run.dir={tmp_path}"]
+    with lock_run_folder(arguments):
+        monkeypatch.setenv("RANK", "1")
+        with lock_run_folder(arguments):
+            pass
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(ConfigError, match="is in use by another run"):
+            with lock_run_folder(arguments):
+                pass

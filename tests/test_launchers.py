@@ -75,7 +75,7 @@ def test_torchrun_with_two_local_processes(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", unlearn,
                "hardware=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'run'}",
                f"paths.cache_dir={tmp_path / 'cache'}", "finetune.epochs=1", "trainer.max_steps=2", "~lm_eval",
-               "logger=none", "eval.groups.tofu.max_examples=4", "eval.groups.tofu.max_new_tokens=4"]
+               "logger=none", "eval.groups.tofu.max_examples=4", "eval.groups.tofu.max_new_tokens=4", "hydra.verbose=true"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-3000:]

@@ -87,12 +87,21 @@ def run_folder(arguments: Sequence[str]) -> Path | None:
     return Path(given[-1]).expanduser() if given else None
 
 
+def launched_rank() -> int:
+    """This process's rank in a launch that starts every rank with the same command line (torchrun: RANK;
+    SLURM tasks: SLURM_PROCID; Lightning's launcher re-running the command: LOCAL_RANK); 0 otherwise."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
 @contextmanager
 def lock_run_folder(arguments: Sequence[str]) -> Iterator[None]:
     """Hold `<hydra.run.dir>/.run.lock` for the run: a second run on the same folder is refused before
     Hydra touches it (two runs would mix their configs, checkpoints and results in one folder)."""
     folder = run_folder(arguments)
-    if folder is None:
+    if folder is None or launched_rank() > 0:  # the ranks of one launch share the folder: rank 0 holds it
         yield
         return
     try:
