@@ -11,18 +11,19 @@ import torch
 from tests.conftest import SENTENCES, make_tiny_llama
 from unlearning.data.collate import PromptTemplate
 from unlearning.errors import ConfigError
-from unlearning.evaluation.base_drift import BaseDrift, read_texts, token_kl
+from unlearning.evaluation.base_drift import BaseDrift, general_texts
+from unlearning.ops import masked_mean, position_kl
 
 TEXTS = SENTENCES[1:]
 
 
-def test_token_kl_is_the_mean_over_labelled_positions():
+def test_position_kl_averaged_over_labelled_positions():
     # p_base = (1/4, 3/4), p = (1/2, 1/2): KL = 1/4 ln(1/2) + 3/4 ln(3/2) = 0.130812...
     base = torch.tensor([[[0.0, math.log(3)], [0.0, 0.0], [5.0, -5.0]]])
     model = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [-5.0, 5.0]]])
     kl = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
-    assert token_kl(base, model, torch.tensor([[1.0, 1.0, 0.0]])).item() == pytest.approx(kl / 2)  # 2nd: KL 0
-    assert token_kl(base, base, torch.ones(1, 3)).item() == pytest.approx(0.0, abs=1e-7)
+    assert masked_mean(position_kl(base, model), torch.tensor([[True, True, False]])).item() == pytest.approx(kl / 2)  # 2nd: KL 0
+    assert position_kl(base, base).abs().max().item() == pytest.approx(0.0, abs=1e-7)
 
 
 def bound(model, tokenizer) -> BaseDrift:
@@ -64,6 +65,6 @@ def test_general_text_that_a_term_trains_on_is_refused(tmp_path):
         drift.check_disjoint(["another text"], [TEXTS[0]])
     path = tmp_path / "general.jsonl"
     path.write_text('{"answer": "one"}\n{"answer": " "}\n{"answer": "two"}\n{"answer": "three"}\n')
-    assert read_texts(path, "answer", 2) == ["one", "two"]
-    with pytest.raises(ConfigError, match=r"general.jsonl:1: no field 'text' \(protocol.general_field\)"):
-        read_texts(path, "text", 2)
+    assert general_texts(path, "answer", 2) == ["one", "two"]
+    with pytest.raises(ConfigError, match=r"general.jsonl record 1: no string field 'text' \(protocol.general_field\)"):
+        general_texts(path, "text", 2)

@@ -72,6 +72,12 @@ def mean_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
+def position_kl(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(ref_logits) || softmax(logits)) at every position: [B, T, V] -> [B, T], in fp32."""
+    log_q, log_p = torch.log_softmax(ref_logits.float(), dim=-1), torch.log_softmax(logits.float(), dim=-1)
+    return (log_q.exp() * (log_q - log_p)).sum(-1)
+
+
 def kl_to_reference(policy_logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor,
                      positions: str = "answer") -> torch.Tensor:
     """KL(p_ref || p_policy) of the next-token distributions, averaged over `positions`: "answer", the
@@ -79,9 +85,7 @@ def kl_to_reference(policy_logits: torch.Tensor, ref_logits: torch.Tensor, label
     (TOFU's and open-unlearning's `kl_div(..., reduction="batchmean")` over the flattened logits)."""
     if positions not in ("answer", "all"):
         raise ValueError(f"positions={positions!r}: expected 'answer' or 'all'")
-    log_p = torch.log_softmax(policy_logits.float(), dim=-1)
-    log_q = torch.log_softmax(ref_logits.float(), dim=-1)
-    kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+    kl = position_kl(ref_logits, policy_logits)
     if positions == "all":
         return kl.mean()
     _, targets = shift_for_next_token(policy_logits, labels)

@@ -10,39 +10,27 @@ the benchmarks "barely move" (arXiv 2310.02238), tested at any scale.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from unlearning.data.collate import PromptTemplate, encode_prompt, pad_batch
+from unlearning.data.files import read_json_lines
 from unlearning.errors import ConfigError
 from unlearning.evaluation.base import Evaluation, MetricGroup
 from unlearning.evaluation.perplexity import perplexity
+from unlearning.ops import masked_mean, position_kl
 from unlearning.scoring import eval_mode, pad_id
 
 
-def token_kl(base_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the masked positions [B, T] of KL(softmax(base_logits) || softmax(logits)) [B, T, V]."""
-    base_logp, logp = torch.log_softmax(base_logits.float(), -1), torch.log_softmax(logits.float(), -1)
-    kl = (base_logp.exp() * (base_logp - logp)).sum(-1)
-    return (kl * mask).sum() / mask.sum()
-
-
-def read_texts(path: str | Path, field: str, n: int) -> list[str]:
-    """The first `n` non-empty `field` values of a JSONL file."""
-    texts = []
-    with open(path) as lines:
-        for number, line in enumerate(lines, 1):
-            if len(texts) == n:
-                break
-            record = json.loads(line)
-            if field not in record:
-                raise ConfigError(f"{path}:{number}: no field '{field}' (protocol.general_field)")
-            if record[field].strip():
-                texts.append(record[field])
-    return texts
+def general_texts(path: str | Path, field: str, n: int) -> list[str]:
+    """The first `n` non-empty `field` values of a JSON lines file (read as every data file is: files.py)."""
+    records = read_json_lines(Path(path).expanduser(), "protocol.general_path")
+    for number, record in enumerate(records, 1):
+        if not isinstance(record.get(field), str):
+            raise ConfigError(f"{path} record {number}: no string field '{field}' (protocol.general_field)")
+    return [record[field] for record in records if record[field].strip()][:n]
 
 
 def sample_continuations(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int,
@@ -106,7 +94,7 @@ class BaseDrift(MetricGroup):
         total, count = 0.0, 0.0
         for start, base_logits in zip(range(0, len(self.samples), self.batch_size), self.base_logits):
             logits, mask = shifted_logits(model, self.samples[start:start + self.batch_size], pad_id(tokenizer))
-            total += float(token_kl(base_logits, logits, mask)) * float(mask.sum())
+            total += float(masked_mean(position_kl(base_logits, logits), mask.bool())) * float(mask.sum())
             count += float(mask.sum())
         general_ppl = perplexity(model, tokenizer, template, self.texts, self.batch_size, self.max_length)
         return Evaluation({"general_ppl": general_ppl, "base_kl": total / count})

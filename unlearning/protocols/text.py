@@ -11,7 +11,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from unlearning.data.anchored_terms import load_dictionary
-from unlearning.evaluation.base_drift import BaseDrift, read_texts
+from unlearning.evaluation.base_drift import BaseDrift, general_texts
 from unlearning.errors import ConfigError
 from unlearning.evaluation.evaluator import ModelSource
 from unlearning.evaluation.text import TextMetrics, text_metric_groups
@@ -38,7 +38,7 @@ def run_text(cfg: DictConfig, n_prompts: int = 200, context_words: int = 40, n_f
     # before training: a configured group that cannot score text fails now
     groups = {"text": text, **text_metric_groups(experiment.evaluator.groups)}
     if general_path:
-        groups["base_drift"] = drift = BaseDrift(read_texts(general_path, general_field, n_general), kl_samples,
+        groups["base_drift"] = drift = BaseDrift(general_texts(general_path, general_field, n_general), kl_samples,
                                                  max_new_tokens=kl_new_tokens, seed=cfg.seed,
                                                  batch_size=batch_size, max_length=cfg.max_length)
         drift.check_disjoint(experiment.benchmark.corpus())
