@@ -47,16 +47,21 @@ def chromium(*arguments: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_the_report_renders_in_chromium_within_1280_pixels(sweep, tmp_path):  # noqa: F811
-    page = sweep / "report.html"
-    probed = tmp_path / "probed.html"
-    probed.write_text(page.read_text().replace("<head>", "<head>\n" + PROBE, 1))
+def browser_checks(html: str, folder: Path) -> dict:
+    """What PROBE measured after Chromium loaded `html` (saved in `folder`; the report embeds its images)."""
+    probed = folder / "probed.html"
+    probed.write_text(html.replace("<head>", "<head>\n" + PROBE, 1))
     dom = chromium("--dump-dom", probed.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     found = re.search(r'<pre id="browser-checks">(.*?)</pre>', dom.stdout, re.S)
     assert found, dom.stdout[-2000:]
-    checks = json.loads(found[1].replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<")
-                        .replace("&gt;", ">"))
+    return json.loads(found[1].replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<")
+                      .replace("&gt;", ">"))
+
+
+def test_the_report_renders_in_chromium_within_1280_pixels(sweep, tmp_path):  # noqa: F811
+    page = sweep / "report.html"
+    checks = browser_checks(page.read_text(), tmp_path)
     assert checks["images"] == page.read_text().count("<img ") >= 3
     assert checks["broken"] == []
     assert len(checks["tables"]) >= 2 and min(checks["tables"]) > 1  # a header and at least one row each
@@ -67,3 +72,15 @@ def test_the_report_renders_in_chromium_within_1280_pixels(sweep, tmp_path):  # 
     shot = chromium(f"--screenshot={screenshot}", page.as_uri())
     assert shot.returncode == 0, shot.stderr[-2000:]
     assert screenshot.stat().st_size > 10_000
+
+
+def test_the_probe_sees_a_wide_page_a_broken_image_and_a_console_error(sweep, tmp_path):  # noqa: F811
+    """The checks above can fail: the same report with a 1600-pixel table row, an image that does not
+    exist and a script error is caught on all three counts."""
+    html = (sweep / "report.html").read_text().replace(
+        "</body>", '<table><tr><td style="min-width:1600px">wide</td></tr></table>'
+        '<img src="missing.png" alt="missing"><script>console.error("boom")</script></body>', 1)
+    checks = browser_checks(html, tmp_path)
+    assert checks["scrollWidth"] > WINDOW
+    assert checks["broken"] == ["missing"]
+    assert any("boom" in problem for problem in checks["problems"])
