@@ -16,11 +16,12 @@ from typing import Callable
 import hydra
 from omegaconf import DictConfig
 
-from unlearning.command_line import check_command_line, lock_run_folder, redact_secrets, without_secrets
+from unlearning.command_line import (check_command_line, hydra_errors_in_one_line, lock_run_folder, redact_secrets,
+                                     without_secrets)
 from unlearning.config import CONFIG_DIR
 from unlearning.schema import LARGEST_INT
 from unlearning.errors import ConfigError, UnlearningError, quote
-from unlearning.interrupts import exit_if_lightning_stopped, signals_interrupt
+from unlearning.interrupts import SweepInterrupted, exit_if_lightning_stopped, signals_interrupt
 
 
 def error_line(error: BaseException) -> str:
@@ -36,7 +37,7 @@ def console_script(main: Callable) -> Callable:
         try:
             with signals_interrupt():
                 return main(*args, **kwargs)
-        except UnlearningError as error:
+        except (UnlearningError, SweepInterrupted) as error:
             sys.exit(error_line(error))
         except SystemExit as error:
             exit_if_lightning_stopped(error)
@@ -84,7 +85,7 @@ def hydra_command(task: Callable) -> Callable:
     @functools.wraps(task)
     def command():
         check_command_line(sys.argv[1:], CONFIG_DIR)
-        with lock_run_folder(sys.argv[1:]):
+        with lock_run_folder(sys.argv[1:]), hydra_errors_in_one_line(sys.argv[1:]):
             return task()
 
     return command

@@ -26,6 +26,12 @@ HANDLED = (signal.SIGTERM, signal.SIGINT)
 _stage = ["start-up"]  # the stage running now, for the message
 
 
+class SweepInterrupted(BaseException):
+    """A signal ended a sweep's job. Not an Exception: Hydra's launchers keep a job's exception for later
+    and the Optuna sweeper records it as a failed trial, both going on to the next job; this one passes
+    through them and the sweep ends, with the one line of the console script."""
+
+
 def enter_stage(name: str) -> None:
     """Record that stage `name` runs now (the pipeline's stages run one after another)."""
     _stage[0] = name
@@ -35,16 +41,21 @@ def current_stage() -> str:
     return _stage[0]
 
 
-def interrupted_message(signal_name: str) -> str:
-    return (f"interrupted by {signal_name} during stage {current_stage()}; finished stages and the last "
-            "checkpoint are kept: run again with resume=true on the same hydra.run.dir to continue")
+def interrupted_message(signal_name: str, job: str | None = None) -> str:
+    if job is None:
+        return (f"interrupted by {signal_name} during stage {current_stage()}; finished stages and the last "
+                "checkpoint are kept: run again with resume=true on the same hydra.run.dir to continue")
+    return (f"interrupted by {signal_name} during stage {current_stage()} of sweep job {job or '(no overrides)'}; "
+            "finished jobs and the job's stages and last checkpoint are kept: launch the same sweep again (same "
+            "hydra.sweep.dir) to continue")
 
 
 def _raise_interrupted(signum: int, _frame) -> None:
     # a second signal (an impatient user, a scheduler's follow-up) ends the process at once
     for handled in HANDLED:
         signal.signal(handled, signal.SIG_DFL)
-    raise Interrupted(interrupted_message(signal.Signals(signum).name))
+    name = signal.Signals(signum).name
+    raise Interrupted(interrupted_message(name), name)
 
 
 @contextmanager
