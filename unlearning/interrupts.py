@@ -6,9 +6,8 @@ SLURM sends SIGTERM on preemption and at a job's time limit; Lightning's own SIG
 Here the signal raises `Interrupted` where the process is (inside `fit` Lightning composes this handler
 with its own and tears the trainer down): work already finished stays (stage folders are renamed into
 place only when complete, the unlearning checkpoint `last.ckpt` is the last one written), so
-`resume=true` on the same run folder continues it. Under SLURM, Lightning's SLURMEnvironment (detected
-from SLURM's variables, auto_requeue on) requeues the job on its requeue signal (`#SBATCH
---signal=SIGUSR1@90`); the requeued job, started on the same `hydra.run.dir`, resumes like `resume=true`.
+`resume=true` on the same run folder continues it. Under SLURM, the requeue signal (SIGUSR1) requeues
+the job, which then resumes by itself (unlearning/requeue.py).
 """
 
 from __future__ import annotations
@@ -30,6 +29,10 @@ class SweepInterrupted(BaseException):
     """A signal ended a sweep's job. Not an Exception: Hydra's launchers keep a job's exception for later
     and the Optuna sweeper records it as a failed trial, both going on to the next job; this one passes
     through them and the sweep ends, with the one line of the console script."""
+
+    def __init__(self, message: str, signal_name: str) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 def enter_stage(name: str) -> None:

@@ -92,7 +92,8 @@ def run_sweep_job(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any
             write_json_atomic(finished, {"objective": objective, "config": config})
         return objective
     except Interrupted as error:  # a signal ends the sweep, not just this job
-        raise SweepInterrupted(interrupted_message(error.signal_name, job.job.override_dirname)) from None
+        raise SweepInterrupted(interrupted_message(error.signal_name, job.job.override_dirname),
+                               error.signal_name) from None
     except Exception as error:
         message = next(iter(str(error).strip().splitlines()), "")
         write_json_atomic(folder / FAILED_FILE, {
