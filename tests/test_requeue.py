@@ -22,6 +22,12 @@ JOB_ID = "4242"
 EVERY = 10  # unlearning steps between periodic checkpoints (the stage trains 35: 5 epochs of 7 batches)
 
 
+def logged_steps(metrics: Path) -> list[int]:
+    rows = [line.split(",") for line in metrics.read_text().splitlines()]
+    column = rows[0].index("step")
+    return [int(float(row[column])) for row in rows[1:] if row[column]]
+
+
 def slurm_job(tmp_path: Path) -> tuple[dict, Path]:
     """The environment of a one-task SLURM job whose `scontrol` writes its arguments to a file."""
     bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol_calls.txt"
@@ -41,7 +47,7 @@ def test_requeue_signal_checkpoints_requeues_and_the_requeued_job_resumes(tmp_pa
     run_dir = tmp_path / "run"
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     arguments = [f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}", *FAST, "finetune.max_steps=3",
-                 "trainer.max_steps=-1", f"checkpoint_every_n_steps={EVERY}", "logger=none"]
+                 "trainer.max_steps=-1", f"checkpoint_every_n_steps={EVERY}"]
     for name, value in env.items():
         monkeypatch.setenv(name, value)  # start_unlearn's process inherits them
     process = start_unlearn(*arguments)
@@ -68,5 +74,8 @@ def test_requeue_signal_checkpoints_requeues_and_the_requeued_job_resumes(tmp_pa
     assert requeued.returncode == 0, requeued.stderr[-3000:]
     assert f"stage unlearn: resuming from {checkpoint}" in requeued.stdout
     assert torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"] > step  # trained on
+    # the requeued job's training logged its steps from the checkpoint's on, not from 0 (CSV logger)
+    first, resumed = sorted((run_dir / "logs" / "unlearn").glob("version_*/metrics.csv"))
+    assert min(logged_steps(first)) < EVERY and min(logged_steps(resumed)) >= step - 1
     assert json.loads((run_dir / "results.json").read_text())["models"]["unlearned"]
     assert calls.read_text() == f"requeue {JOB_ID}\n"  # the finished job requeued nothing
