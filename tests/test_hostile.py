@@ -191,6 +191,7 @@ CASES: list[tuple[str, Callable, str]] = [
         (("~nope",), "'nope' does not exist"), (("hydra/launcher=nope",), "hydra/launcher/nope"),
         (("+method=npo",), "method appears more than once"), (("-m", "method=npo", "foo=bar"), "foo is not a key"),
         (("trainer=default", "seed=1,2"), "seed=1,2"), (("experiment=nope",), "experiment='nope'"),
+        (("--cfg", "nope"), "argument --cfg/-c: invalid choice: 'nope'"), (("--nope",), "--nope"),
     ]],
     ("unlearn-eval group with ..", lambda c, mp: c.command(cli.unlearn_eval, "model=../x"), "model="),
     ("unlearn-plan group with ..", lambda c, mp: c.command(plan_main, "data=../../x"), "data="),

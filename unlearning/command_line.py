@@ -43,8 +43,23 @@ def override_key(argument: str) -> str | None:
     return argument.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
 
 
+def check_hydra_flags(arguments: Sequence[str]) -> None:
+    """Hydra's own flags (`--cfg`, `--info`, ...) through Hydra's own parser, whose usage errors argparse
+    prints after the whole usage: here they are one ConfigError line."""
+    from hydra._internal.utils import get_args_parser
+
+    def refuse(message: str):
+        raise ConfigError(message)
+
+    parser = get_args_parser()
+    parser.error = refuse
+    parser.parse_args(arguments)
+
+
 def check_command_line(arguments: Sequence[str], config_dir: str) -> None:
-    """Raises ConfigError with one line for an override holding a secret or a group option with `..`."""
+    """Raises ConfigError with one line for a bad Hydra flag, an override holding a secret or a group
+    option with `..`."""
+    check_hydra_flags(arguments)
     for position, argument in enumerate(arguments, 1):
         key = override_key(argument)
         for name, secret in environment_secrets().items():
