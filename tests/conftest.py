@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Iterable
 
 import pytest
 import torch
@@ -58,6 +60,14 @@ def compose_config(overrides: list[str] = (), config_name: str = "config", run_d
     extra = [f"paths.run_dir={run_dir}"] if run_dir is not None else ["paths.run_dir=unused"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name=config_name, overrides=[*overrides, *extra])
+
+
+def assert_declared_names_are_reported(declared: Iterable[str], reported: Iterable[str]) -> None:
+    """What a metric group or protocol declares it reports (what `objective_metric` is checked against at
+    start-up) is what it reported: every reported name matches a declared pattern, every pattern a name."""
+    declared, reported = list(declared), set(reported)
+    assert {name for name in reported if not any(fnmatchcase(name, pattern) for pattern in declared)} == set()
+    assert {pattern for pattern in declared if not any(fnmatchcase(name, pattern) for name in reported)} == set()
 
 
 # Question/answer pairs for a training step: the first two act as forget, the rest as retain.

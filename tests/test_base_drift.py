@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import SENTENCES, make_tiny_llama
+from tests.conftest import assert_declared_names_are_reported, SENTENCES, make_tiny_llama
 from unlearning.data.collate import PromptTemplate
 from unlearning.errors import ConfigError
 from unlearning.evaluation.base_drift import BaseDrift, general_texts
@@ -56,6 +56,7 @@ def test_a_uniform_model_has_perplexity_vocab_size_and_kl_log_vocab_minus_base_e
     scores = drift.evaluate(uniform, tokenizer, PromptTemplate(), None).aggregates
     assert scores["base_kl"] == pytest.approx(sum(expected) / len(expected), rel=1e-4)
     assert scores["general_ppl"] == pytest.approx(vocab, rel=1e-4)
+    assert_declared_names_are_reported(drift.result_names(compared=False), scores)
 
 
 def test_general_text_that_a_term_trains_on_is_refused(tmp_path):

@@ -14,6 +14,7 @@ from tests.conftest import DATA_DIR, compose_config
 from unlearning.cli import CONFIG_DIR
 from unlearning.schema import prepare_config
 from unlearning.settings import EvaluationSettings, RunSettings
+from unlearning.sweeps import check_objective
 
 CONF = Path(CONFIG_DIR)
 DATA_FOLDERS = {"anchored_terms"}  # conf/ folders of data files (WHP dictionaries), not config groups
@@ -26,7 +27,9 @@ PRIMARY_GROUPS = {next(iter(entry)) for entry in OmegaConf.to_container(OmegaCon
 # Keys whose value a user must give; tests give a harmless one.
 REQUIRED = {("model", "local"): [f"model.name_or_path={DATA_DIR}/models/stories260K"],
             ("selector", "classifier"): ["selector.model=some/classifier"],
-            ("familiarity", "default"): ["eval.groups.familiarity.anchored_terms=sherlock_holmes"]}
+            ("familiarity", "default"): ["eval.groups.familiarity.anchored_terms=sherlock_holmes"],
+            # the text protocol reads a plain-text corpus, which the default harness tasks (QA pairs) cannot score
+            ("protocol", "text"): ["data=text_corpus", "eval.groups.lm_eval=null"]}
 # Paper-scale experiments read the hub or files a user supplies (books, MUSE / WMDP corpora): the real
 # TOFU and the shared texts stand in, so that everything else they describe is built as written.
 TEXT = f"{DATA_DIR}/text"
@@ -64,7 +67,8 @@ def test_every_option_composes_and_instantiates(group, option, tmp_path):
     if group == "data" and option == "tofu":
         overrides.append(f"data.path={DATA_DIR}/tofu")
     cfg = compose_config(overrides, run_dir=tmp_path)
-    prepare_config(cfg, RunSettings)  # the startup check accepts every shipped option
+    prepare_config(cfg, RunSettings)  # the startup checks accept every shipped option
+    check_objective(cfg)  # its objective_metric is a metric the run reports
     OmegaConf.resolve(cfg)
     if uses_real_data(cfg) and not (DATA_DIR / "tofu").is_dir():
         pytest.skip(f"needs the real data folder {DATA_DIR}")

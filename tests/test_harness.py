@@ -14,7 +14,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.conftest import compose_config
+from tests.conftest import assert_declared_names_are_reported, compose_config
 from unlearning.data.collate import PromptTemplate
 from unlearning.data.synthetic import make_synthetic_benchmark
 from unlearning.errors import ConfigError
@@ -63,6 +63,7 @@ def test_local_samples_give_every_metric_per_task(stories, data_dir, small_bench
     expected = {f"lm_eval_{task}_{metric}{stderr}" for task in group.tasks for stderr in ("", "_stderr")
                 for metric in ("acc", *(["acc_norm"] if task in with_norm else []))}
     assert set(evaluation.aggregates) == expected
+    assert_declared_names_are_reported(group.result_names(compared=True), evaluation.aggregates)
     assert all(0.0 <= value <= 1.0 for value in evaluation.aggregates.values())
     counts = evaluation.per_example["n_samples"]
     for task in group.tasks:
@@ -90,6 +91,7 @@ def test_benchmark_tasks_match_loglikelihoods_computed_here(model, tokenizer, sm
     assert 0 <= aggregates["lm_eval_tofu_forget_loglik_acc"] <= 1
     for task in ("tofu_retain_mc", "synthetic_world_facts_mc"):
         assert 0 <= aggregates[f"lm_eval_{task}_acc"] <= 1 and 0 <= aggregates[f"lm_eval_{task}_acc_norm"] <= 1
+    assert_declared_names_are_reported(group.result_names(compared=True), aggregates)
     counts = evaluation.per_example["n_samples"]
     assert counts["tofu_forget_mc"]["effective"] == len(forget)
     assert counts["synthetic_world_facts_mc"]["effective"] == len(small_benchmark.world_facts)

@@ -183,6 +183,16 @@ CASES: list[tuple[str, Callable, str]] = [
     ("hydra group option with ..", lambda c, mp: c.command(cli.unlearn, "hydra/launcher=../../x"), "hydra/launcher="),
     ("added group with ..", lambda c, mp: c.command(cli.unlearn, "+experiment=../../x"), "experiment="),
     ("group option that does not exist", lambda c, mp: c.command(cli.unlearn, "method=npoo"), "method='npoo'"),
+    # Hydra's own refusals, one line too
+    *[(f"hydra refuses {' '.join(a)}", (lambda c, mp, a=a: c.command(cli.unlearn, *a, f"hydra.run.dir={c.run_dir}")),
+       culprit) for a, culprit in [
+        (("foo=bar",), "foo is not a key of the config"), (("method.nope=1",), "method.nope is not a key of method"),
+        (("a=[1",), "'a=[1' is not a valid override"), (("method.beta=[1",), "'method.beta=[1'"),
+        (("~nope",), "'nope' does not exist"), (("hydra/launcher=nope",), "hydra/launcher/nope"),
+        (("+method=npo",), "method appears more than once"), (("-m", "method=npo", "foo=bar"), "foo is not a key"),
+        (("trainer=default", "seed=1,2"), "seed=1,2"), (("experiment=nope",), "experiment='nope'"),
+        (("--cfg", "nope"), "argument --cfg/-c: invalid choice: 'nope'"), (("--nope",), "--nope"),
+    ]],
     ("unlearn-eval group with ..", lambda c, mp: c.command(cli.unlearn_eval, "model=../x"), "model="),
     ("unlearn-plan group with ..", lambda c, mp: c.command(plan_main, "data=../../x"), "data="),
     ("log folder above the run", lambda c, mp: c.run("logger.save_dir=../../x"), "logger.save_dir="),
@@ -251,6 +261,18 @@ CASES: list[tuple[str, Callable, str]] = [
                                                           "no"), c.run_tofu())[1], "field 'perturbed_answer'"),
     ("answer is null", lambda c, mp: (set_field(tofu_file(c, "holdout01"), 0, "answer", None), c.run_tofu())[1],
      "split 'holdout' record 0 has no field 'answer'"),
+    # 4. objective_metric names a metric the run reports, checked before any training
+    *[(f"objective {' '.join(o)}", (lambda c, mp, o=o: c.run(*o)), "objective_metric=" + culprit) for o, culprit in [
+        (("objective_metric=forget_qualty",), "'forget_qualty'"),
+        (("objective_metric=[forget_quality,nope]",), "'nope'"),
+        (("objective_metric=mia_loss_auc",), "'mia_loss_auc'"),  # its group is not enabled
+        (("mia=default", "eval.groups.mia.attacks=[loss]", "objective_metric=mia_zlib_auc"), "'mia_zlib_auc'"),
+        (("objective_metric=lm_eval_mmlu_acc",), "'lm_eval_mmlu_acc'"),  # a harness task not run
+        (("+eval.groups.tofu.generate=false", "objective_metric=model_utility"), "'model_utility'"),
+        (("protocol=text", "data=text_corpus", "eval.groups.lm_eval=null", "objective_metric=forget_quality"),
+         "'forget_quality'"),  # a text corpus has no forget quality
+        (("experiment=wmdp_rmu", "objective_metric=lm_eval_wmdp_bio_acc"), "'lm_eval_wmdp_bio_acc'"),
+    ]],
     # 4. anchored-term dictionaries, read at start-up
     *[(f"dictionary {name}", (lambda c, mp, name=name, text=text: c.run(
         "familiarity=default", f"eval.groups.familiarity.anchored_terms={write(c.tmp / name, text) if text is not None else c.tmp / name}")),
@@ -459,6 +481,32 @@ def test_sigterm_in_each_stage_ends_with_one_line_and_resumes(stage, inside, lon
                               *again], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run_dir / "results.json").read_text())["models"]["unlearned"]
+
+
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_a_sweep_with_one_line_naming_the_job(sent, tmp_path, monkeypatch):
+    """A signal in a sweep's job ends the sweep: no later job runs (Hydra's launcher would keep the job's
+    exception and go on, the Optuna sweeper would record a failed trial), and the one line names the
+    signal, the stage and the job."""
+    import os
+    from unlearning import interrupts, pipeline
+    monkeypatch.setattr(interrupts, "_stage", ["start-up"])
+    jobs = []
+
+    def run_interrupted(cfg):
+        jobs.append(cfg.seed)
+        interrupts.enter_stage("unlearn")
+        os.kill(os.getpid(), sent)
+        time.sleep(5)  # the handler raises here
+        pytest.fail("the signal did not interrupt the job")
+
+    monkeypatch.setattr(pipeline, "run", run_interrupted)
+    monkeypatch.setattr(sys, "argv", ["unlearn", "-m", "seed=0,1", f"hydra.sweep.dir={tmp_path}"])
+    with pytest.raises(SystemExit) as ended:
+        cli.unlearn()
+    assert ended.value.code.startswith(f"error: interrupted by {sent.name} during stage unlearn of sweep job seed=0; ")
+    assert "\n" not in ended.value.code and jobs == [0]
+    assert signal.getsignal(sent) is signal.default_int_handler or signal.getsignal(sent) == signal.SIG_DFL
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.conftest import compose_config
+from tests.conftest import assert_declared_names_are_reported, compose_config
 from unlearning.data.collate import PromptTemplate, encode_qa
 from unlearning.data.synthetic import make_synthetic_benchmark
 from unlearning.evaluation.base import Evaluation
@@ -88,6 +88,9 @@ def test_group_on_synthetic_benchmark(model, tokenizer):
                                           for m in ("extraction_strength", "exact_memorization", "degenerate_fraction")}
     assert all(0.0 <= v <= 1.0 for v in evaluation.aggregates.values())
     assert len(evaluation.per_example["retain"]["generation"]) == 4
+    assert group.compare({"retain": evaluation}, "retain") == {}
+    for compared in (False, True):
+        assert_declared_names_are_reported(group.result_names(compared), evaluation.aggregates)
     assert Evaluation.from_json(json.loads(json.dumps(evaluation.to_json()))) == evaluation  # cacheable as a file
 
 

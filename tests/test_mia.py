@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.conftest import compose_config, make_tiny_llama
+from tests.conftest import assert_declared_names_are_reported, compose_config, make_tiny_llama
 from unlearning.data.benchmark import DataError
 from unlearning.data.collate import PromptTemplate, encode_qa
 from unlearning.data.synthetic import make_synthetic_benchmark
@@ -142,6 +142,9 @@ def test_group_on_synthetic_benchmark(model, tokenizer, benchmark):
     assert compared["retain"]["mia_reference_auc"] == pytest.approx(0.5)
     assert 0.0 <= compared["unlearned"]["mia_reference_auc"] <= 1.0
     assert group.compare({"retain": evaluation}, None) == {}
+    assert_declared_names_are_reported(group.result_names(compared=False), evaluation.aggregates)
+    assert_declared_names_are_reported(group.result_names(compared=True), {**evaluation.aggregates, **compared["retain"]})
+    assert_declared_names_are_reported(loss_only.result_names(compared=False), other.aggregates)
 
 
 def test_bad_settings_and_missing_holdout(model, tokenizer, benchmark):

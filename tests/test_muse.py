@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from tests.conftest import compose_config, make_tiny_llama
+from tests.conftest import assert_declared_names_are_reported, compose_config, make_tiny_llama
 from unlearning.data.benchmark import DataError
 from unlearning.data.collate import PromptTemplate
 from unlearning.data.muse import DERIVED_SHOTS, MUSE_SPLITS, load_muse, muse_from_benchmark
@@ -156,6 +156,8 @@ def test_group_on_fixture_folder(model, tokenizer, tmp_path):
     auc, reference = evaluation.aggregates["muse_privleak_auc"], other.aggregates["muse_privleak_auc"]
     if reference:
         assert compared["unlearned"]["muse_privleak"] == pytest.approx((auc - reference) / reference * 100)
+    assert_declared_names_are_reported(group.result_names(compared=False), evaluation.aggregates)
+    assert_declared_names_are_reported(group.result_names(compared=True), {**evaluation.aggregates, **compared["unlearned"]})
 
 
 def test_group_on_synthetic_benchmark(model, tokenizer, benchmark):

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import assert_declared_names_are_reported
 from unlearning.data.collate import PromptTemplate, encode_prompt, encode_qa
+from unlearning.data.synthetic import make_synthetic_benchmark
 from unlearning.evaluation.tofu import (
+    TofuMetrics,
     evaluate_tofu,
     forget_quality,
     forget_truth_score,
@@ -181,3 +184,15 @@ def test_evaluate_tofu_subset_without_utility(model, tokenizer):
     result = evaluate_tofu(model, tokenizer, TEMPLATE, {"forget": _records(True), "world_facts": []},
                            max_new_tokens=4)
     assert set(result.aggregates) == {"forget_prob", "forget_rouge", "forget_truth_ratio"}
+
+
+@pytest.mark.parametrize("generate", [True, False])
+def test_group_reports_what_it_declares(model, tokenizer, generate):
+    """The names the start-up check of objective_metric reads are those the group reports, with and
+    without generation, compared with a reference model or not."""
+    group = TofuMetrics(batch_size=8, max_new_tokens=4, max_length=64, max_examples=3, generate=generate,
+                        progress=False)
+    evaluation = group.evaluate(model, tokenizer, TEMPLATE, make_synthetic_benchmark("forget01"))
+    assert_declared_names_are_reported(group.result_names(compared=False), evaluation.aggregates)
+    compared = group.compare({"retain": evaluation, "unlearned": evaluation}, "retain")["unlearned"]
+    assert_declared_names_are_reported(group.result_names(compared=True), {**evaluation.aggregates, **compared})

@@ -160,8 +160,11 @@ def test_sherlock_experiment_tiny(tmp_path):
     """`unlearn experiment=whp_sherlock` with tiny settings: every stage runs, the table has every model."""
     import json
 
-    from tests.conftest import compose_config
+    from hydra.utils import instantiate
+
+    from tests.conftest import assert_declared_names_are_reported, compose_config
     from unlearning.pipeline import run
+    from unlearning.protocols.text import reported_metrics
 
     if not (DATA_DIR / "text").is_dir():
         pytest.skip(f"needs {DATA_DIR / 'text'}")
@@ -177,3 +180,6 @@ def test_sherlock_experiment_tiny(tmp_path):
     # drift from the base model on TOFU's biographies: none for the base itself, some once trained
     assert models["base"]["base_kl"] == pytest.approx(0.0, abs=1e-5) and models["unlearned"]["base_kl"] > 0.0
     assert all(models[name]["general_ppl"] > 1.0 for name in ("base", "target", "unlearned"))
+    # what protocol=text declares for the start-up check of objective_metric is what the model got
+    groups = {name: instantiate(node) for name, node in cfg.eval.groups.items() if node}
+    assert_declared_names_are_reported(reported_metrics(cfg, groups), models["unlearned"])

@@ -16,11 +16,13 @@ from typing import Callable
 import hydra
 from omegaconf import DictConfig
 
-from unlearning.command_line import check_command_line, lock_run_folder, redact_secrets, without_secrets
+from unlearning.command_line import (check_command_line, hydra_errors_in_one_line, lock_run_folder, redact_secrets,
+                                     without_secrets)
 from unlearning.config import CONFIG_DIR
 from unlearning.schema import LARGEST_INT
 from unlearning.errors import ConfigError, UnlearningError, quote
-from unlearning.interrupts import exit_if_lightning_stopped, signals_interrupt
+from unlearning.interrupts import SweepInterrupted, exit_if_lightning_stopped, signals_interrupt
+from unlearning.requeue import requeue, requeue_on_signal
 
 
 def error_line(error: BaseException) -> str:
@@ -28,16 +30,22 @@ def error_line(error: BaseException) -> str:
     return "error: " + without_secrets(" ".join(str(error).split()) or type(error).__name__)
 
 
+def ending_line(error: BaseException) -> str:
+    """The line a run ends with; a run the SLURM requeue signal ended also requeues its job here."""
+    return error_line(error) + requeue(getattr(error, "signal_name", None))
+
+
 def console_script(main: Callable) -> Callable:
-    """A console script's entry point: SIGTERM/SIGINT and bad input end it with one line and status 1."""
+    """A console script's entry point: SIGTERM/SIGINT and bad input end it with one line and status 1;
+    under SLURM, the requeue signal also requeues the job (unlearning/requeue.py)."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         try:
-            with signals_interrupt():
+            with signals_interrupt(), requeue_on_signal():
                 return main(*args, **kwargs)
-        except UnlearningError as error:
-            sys.exit(error_line(error))
+        except (UnlearningError, SweepInterrupted) as error:
+            sys.exit(ending_line(error))
         except SystemExit as error:
             exit_if_lightning_stopped(error)
             raise
@@ -74,7 +82,7 @@ def _report_errors(function, cfg: DictConfig):
     try:
         return function(cfg)
     except UnlearningError as error:
-        sys.exit(error_line(error))
+        sys.exit(ending_line(error))
 
 
 def hydra_command(task: Callable) -> Callable:
@@ -84,7 +92,7 @@ def hydra_command(task: Callable) -> Callable:
     @functools.wraps(task)
     def command():
         check_command_line(sys.argv[1:], CONFIG_DIR)
-        with lock_run_folder(sys.argv[1:]):
+        with lock_run_folder(sys.argv[1:]), hydra_errors_in_one_line(sys.argv[1:]):
             return task()
 
     return command

@@ -1,7 +1,8 @@
 """What the Hydra console scripts check on the raw command line, before Hydra writes `.hydra/` into the
 run folder: no secret of the environment pasted into an override (it would be saved there), no config
 group option reaching outside conf/ with `..`, and one run at a time in a run folder (`lock_run_folder`).
-`redact_secrets` masks a secret that reached `.hydra/` another way (a user's own config file)."""
+`redact_secrets` masks a secret that reached `.hydra/` another way (a user's own config file).
+`hydra_errors_in_one_line` makes Hydra's own refusals (composition, override syntax) one line too."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from pathlib import Path, PurePath
 from typing import Iterator, Sequence
 
 from filelock import FileLock, Timeout
+from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from unlearning.errors import MAX_QUOTED, ConfigError, quote
 
@@ -39,8 +43,23 @@ def override_key(argument: str) -> str | None:
     return argument.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
 
 
+def check_hydra_flags(arguments: Sequence[str]) -> None:
+    """Hydra's own flags (`--cfg`, `--info`, ...) through Hydra's own parser, whose usage errors argparse
+    prints after the whole usage: here they are one ConfigError line."""
+    from hydra._internal.utils import get_args_parser
+
+    def refuse(message: str):
+        raise ConfigError(message)
+
+    parser = get_args_parser()
+    parser.error = refuse
+    parser.parse_args(arguments)
+
+
 def check_command_line(arguments: Sequence[str], config_dir: str) -> None:
-    """Raises ConfigError with one line for an override holding a secret or a group option with `..`."""
+    """Raises ConfigError with one line for a bad Hydra flag, an override holding a secret or a group
+    option with `..`."""
+    check_hydra_flags(arguments)
     for position, argument in enumerate(arguments, 1):
         key = override_key(argument)
         for name, secret in environment_secrets().items():
@@ -135,3 +154,45 @@ def redact_secrets() -> None:
             text = file.read_text(errors="replace")
             if without_secrets(text) != text:
                 file.write_text(without_secrets(text))
+
+
+FULL_ERROR = "HYDRA_FULL_ERROR"  # Hydra raises its errors instead of printing them over several lines
+
+
+@contextmanager
+def hydra_errors_in_one_line(arguments: Sequence[str]) -> Iterator[None]:
+    """Hydra prints what it refuses (an unknown key or option, bad override syntax, an instantiation
+    error) on several lines with a hint about HYDRA_FULL_ERROR, then exits; here Hydra raises it (its
+    HYDRA_FULL_ERROR switch, set while inside) and it becomes one ConfigError line. HYDRA_FULL_ERROR=1 or
+    `hydra.verbose=true` given by the user keep Hydra's own report."""
+    verbose = any(override_key(argument) == "hydra.verbose" and argument.split("=", 1)[1].lower()
+                  not in ("false", "null", "[]", "") for argument in arguments)
+    if verbose or os.environ.get(FULL_ERROR):
+        yield
+        return
+    os.environ[FULL_ERROR] = "1"
+    try:
+        yield
+    except CompactHydraException as error:
+        raise ConfigError(hydra_error_message(error)) from None
+    finally:
+        os.environ.pop(FULL_ERROR, None)
+
+
+def hydra_error_message(error: CompactHydraException) -> str:
+    """Hydra's message on one line, naming the override and, where Hydra knows them, the valid choices."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, OverrideParseException):
+        return f"{quote(error.override)} is not a valid override: {first}; valid: key=value, +key=value, ~key " \
+               "(https://hydra.cc/docs/advanced/override_grammar/basic)"
+    if isinstance(error, MissingConfigException) and error.options:
+        return f"{first}; valid: {', '.join(error.options)}"
+    cause = error.__cause__
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+        parent = cause.parent_node
+        if isinstance(parent, DictConfig) and cause.key is not None and cause.key not in parent:
+            keys = [str(key) for key in parent if not str(key).startswith("_") and key != "hydra"]
+            return (f"{cause.full_key} is not a key of {cause.full_key.rpartition('.')[0] or 'the config'}; "
+                    f"valid: {', '.join(keys)} (or +{cause.full_key}=<value> to add it)")
+        return f"{' '.join(str(error).split())}: {str(cause).splitlines()[0]}"
+    return " ".join(str(error).split())

@@ -24,6 +24,10 @@ class OutputError(UnlearningError):
 class Interrupted(UnlearningError):
     """SIGTERM or SIGINT ended the run: the message names the signal and the stage it stopped."""
 
+    def __init__(self, message: str, signal_name: str = "SIGTERM") -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+
 
 MAX_QUOTED = 200  # characters of a bad value an error line quotes: a pasted file must not flood the console
 

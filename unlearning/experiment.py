@@ -75,15 +75,12 @@ class Experiment:
         results = (evaluator or self.evaluator).evaluate(sources, reference)
         return results if end_processes() else None
 
-    def conclude(self, results: Results | None, model: str = "unlearned", metric: str | None = None,
-                 **extra: Any) -> float | list[float]:
+    def conclude(self, results: Results | None, model: str = "unlearned", **extra: Any) -> float | list[float]:
         """Write results.json and per_example.json, print the tables and where they are, publish them;
-        returns `model`'s `metric` (default: `objective_metric`) for sweepers."""
+        returns `model`'s `objective_metric` for sweepers."""
         if results is None:
             return math.nan
         path = results.report(self.run_dir, self.cfg, **extra)
         publish_results(self.cfg, path, results.models)
         results.refuse_non_finite(path)
-        if metric is not None:
-            return float(results.models[model][metric])
         return sweep_objective(results.models[model], self.cfg.objective_metric)

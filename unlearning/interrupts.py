@@ -6,9 +6,8 @@ SLURM sends SIGTERM on preemption and at a job's time limit; Lightning's own SIG
 Here the signal raises `Interrupted` where the process is (inside `fit` Lightning composes this handler
 with its own and tears the trainer down): work already finished stays (stage folders are renamed into
 place only when complete, the unlearning checkpoint `last.ckpt` is the last one written), so
-`resume=true` on the same run folder continues it. Under SLURM, Lightning's SLURMEnvironment (detected
-from SLURM's variables, auto_requeue on) requeues the job on its requeue signal (`#SBATCH
---signal=SIGUSR1@90`); the requeued job, started on the same `hydra.run.dir`, resumes like `resume=true`.
+`resume=true` on the same run folder continues it. Under SLURM, the requeue signal (SIGUSR1) requeues
+the job, which then resumes by itself (unlearning/requeue.py).
 """
 
 from __future__ import annotations
@@ -26,6 +25,16 @@ HANDLED = (signal.SIGTERM, signal.SIGINT)
 _stage = ["start-up"]  # the stage running now, for the message
 
 
+class SweepInterrupted(BaseException):
+    """A signal ended a sweep's job. Not an Exception: Hydra's launchers keep a job's exception for later
+    and the Optuna sweeper records it as a failed trial, both going on to the next job; this one passes
+    through them and the sweep ends, with the one line of the console script."""
+
+    def __init__(self, message: str, signal_name: str) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
 def enter_stage(name: str) -> None:
     """Record that stage `name` runs now (the pipeline's stages run one after another)."""
     _stage[0] = name
@@ -35,16 +44,21 @@ def current_stage() -> str:
     return _stage[0]
 
 
-def interrupted_message(signal_name: str) -> str:
-    return (f"interrupted by {signal_name} during stage {current_stage()}; finished stages and the last "
-            "checkpoint are kept: run again with resume=true on the same hydra.run.dir to continue")
+def interrupted_message(signal_name: str, job: str | None = None) -> str:
+    if job is None:
+        return (f"interrupted by {signal_name} during stage {current_stage()}; finished stages and the last "
+                "checkpoint are kept: run again with resume=true on the same hydra.run.dir to continue")
+    return (f"interrupted by {signal_name} during stage {current_stage()} of sweep job {job or '(no overrides)'}; "
+            "finished jobs and the job's stages and last checkpoint are kept: launch the same sweep again (same "
+            "hydra.sweep.dir) to continue")
 
 
 def _raise_interrupted(signum: int, _frame) -> None:
     # a second signal (an impatient user, a scheduler's follow-up) ends the process at once
     for handled in HANDLED:
         signal.signal(handled, signal.SIG_DFL)
-    raise Interrupted(interrupted_message(signal.Signals(signum).name))
+    name = signal.Signals(signum).name
+    raise Interrupted(interrupted_message(name), name)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from unlearning.schema import prepare_config
 from unlearning.settings import EvaluationSettings, RunSettings
 from unlearning.stages.cache import CHECKPOINT_FOLDER, DONE_MARKER, ResumePolicy, refuse_foreign_checkpoint
 from unlearning.strategies import start_processes
+from unlearning.sweeps import check_objective
 
 
 def run(cfg: DictConfig) -> float | list[float]:
@@ -26,6 +27,7 @@ def run(cfg: DictConfig) -> float | list[float]:
     set_up_console(hydra_verbose())
     prepare_config(cfg, RunSettings)
     check_dictionaries(cfg)
+    check_objective(cfg)
     check_resume(cfg)
     check_launch(cfg.trainer)
     start_processes(cfg.trainer)

@@ -1,5 +1,6 @@
-"""Sweeps: what a job returns to the sweeper, a failed job recorded instead of ending the sweep, and a
-finished job recorded so that the same sweep launched again skips it.
+"""Sweeps: what a job returns to the sweeper (`objective_metric`, checked at start-up against what the
+run will report), a failed job recorded instead of ending the sweep, and a finished job recorded so that
+the same sweep launched again skips it.
 
 A failed job returns None, not NaN: the Optuna sweeper (hydra-optuna-sweeper 1.3 with optuna 2.10) tells
 a NaN as a complete trial, optuna rejects it, and the sweeper's retry as a failed trial passes the NaN
@@ -10,7 +11,9 @@ on; Hydra's basic sweeper ignores what jobs return.
 
 from __future__ import annotations
 
+import importlib
 import logging
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -20,9 +23,10 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from unlearning.config import config_fingerprint
+from unlearning.config import build, config_fingerprint
 from unlearning.dashboards import finish_run
 from unlearning.errors import ConfigError, Interrupted, quote
+from unlearning.interrupts import SweepInterrupted, interrupted_message
 from unlearning.results import FAILED_FILE, FINISHED_FILE, read_json_or_none, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -34,10 +38,31 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def objective_names(names: str | Sequence[str]) -> list[str]:
+    """`objective_metric` as a list: one name, or several (Optuna's multi-objective `direction: [maximize,
+    maximize]`)."""
+    return [names] if isinstance(names, str) else list(names)
+
+
+def check_objective(cfg: DictConfig) -> None:
+    """Each name of `objective_metric` is one the run will report for the model it is read from: the
+    protocol's module declares those (`reported_metrics`) from the metric groups the config enables.
+    Checked before any training; a user's protocol that declares none is checked when results are read."""
+    module, _, _ = str(cfg.protocol.get("_target_", "")).rpartition(".")
+    declared = getattr(importlib.import_module(module), "reported_metrics", None) if module else None
+    if declared is None:
+        return
+    reported = declared(cfg, {name: build(node) for name, node in cfg.eval.groups.items() if node})
+    for name in objective_names(cfg.objective_metric):
+        if not any(fnmatchcase(name, pattern) for pattern in reported):
+            raise ConfigError(f"objective_metric={quote(name)} is not a metric this run reports (its protocol and "
+                              f"the metric groups in eval.groups); valid: {', '.join(reported)}")
+
+
 def sweep_objective(metrics: Mapping[str, float], names: str | Sequence[str]) -> float | list[float]:
-    """`objective_metric` read from one model's metrics: a float, or for a list of names (Optuna's
-    multi-objective `direction: [maximize, maximize]`) the floats in the same order."""
-    wanted = [names] if isinstance(names, str) else list(names)
+    """`objective_metric` read from one model's metrics: a float, or for a list of names the floats in the
+    same order."""
+    wanted = objective_names(names)
     unknown = [name for name in wanted if name not in metrics]
     if unknown:
         raise ConfigError(f"objective_metric={quote(unknown[0])} is not a result; valid: {', '.join(sorted(metrics))}")
@@ -66,8 +91,9 @@ def run_sweep_job(function: Callable[[DictConfig], Any], cfg: DictConfig) -> Any
         if rank_zero_only.rank == 0:  # each process of a multi-process job returns; rank 0's value is the result
             write_json_atomic(finished, {"objective": objective, "config": config})
         return objective
-    except Interrupted:  # a signal ends the sweep, not just this job
-        raise
+    except Interrupted as error:  # a signal ends the sweep, not just this job
+        raise SweepInterrupted(interrupted_message(error.signal_name, job.job.override_dirname),
+                               error.signal_name) from None
     except Exception as error:
         message = next(iter(str(error).strip().splitlines()), "")
         write_json_atomic(folder / FAILED_FILE, {

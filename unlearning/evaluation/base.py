@@ -35,7 +35,8 @@ class MetricGroup:
 
     evaluate(model, tokenizer, template, benchmark) -> Evaluation for one model; the model comes in
     the mode the caller had and must leave in it. compare(evaluations, reference) -> per model, extra
-    aggregates computed against `evaluations[reference]` (default: none).
+    aggregates computed against `evaluations[reference]` (default: none). result_names(compared) ->
+    the names those two report.
     """
 
     name: ClassVar[str] = ""
@@ -50,3 +51,11 @@ class MetricGroup:
 
     def compare(self, evaluations: Mapping[str, Evaluation], reference: str | None) -> dict[str, dict[str, float]]:
         return {}
+
+    def result_names(self, compared: bool) -> tuple[str, ...]:
+        """The metric names it reports for a model, as `fnmatch` patterns where they depend on what a
+        library reports (the harness's metrics per task): its aggregates and, when `compared` (the run
+        has a reference model), what `compare` adds. `objective_metric` is checked against them before
+        any training (unlearning/sweeps.py). A group that declares none (a user's own) lets any name
+        pass there; a name it does not produce is then refused when the results are read."""
+        return ("*",)

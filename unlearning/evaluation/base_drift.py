@@ -73,6 +73,9 @@ class BaseDrift(MetricGroup):
         self.samples: list[dict] = []
         self.base_logits: list[torch.Tensor] = []
 
+    def result_names(self, compared: bool) -> tuple[str, ...]:
+        return self.columns  # its table shows all it reports
+
     def check_disjoint(self, *corpora: Sequence[str]) -> None:
         """The point of the measure: none of the general texts is one the forget or retain term trains on."""
         trained = {text for corpus in corpora for text in corpus}

@@ -96,6 +96,9 @@ class Familiarity(MetricGroup):
         self.max_new_tokens, self.batch_size, self.max_length = max_new_tokens, batch_size, max_length
         self.judge = judge or KeywordJudge(self.terms, theme_words)
 
+    def result_names(self, compared: bool) -> tuple[str, ...]:
+        return tuple(f"familiarity_{name}" for name in ("term_first_token_prob", "term_prob", "completion_familiarity"))
+
     def evaluate(self, model, tokenizer, template, benchmark) -> Evaluation:
         texts = [r["text"] if "text" in r else f"{r['question']} {r['answer']}" for r in benchmark.forget]
         prompts = term_prompts(texts, self.terms, self.context_words, self.max_prompts)

@@ -133,8 +133,12 @@ def flat_aggregates(results: Mapping[str, Any]) -> dict[str, float]:
             metric, _, filter_name = key.partition(",")
             if filter_name and isinstance(value, (int, float)):
                 suffix = metric if filter_name == "none" else f"{metric}_{filter_name}"
-                aggregates[f"lm_eval_{task}_{suffix}"] = float(value)
+                aggregates[result_name(task, suffix)] = float(value)
     return aggregates
+
+
+def result_name(task: str, metric: str) -> str:
+    return f"lm_eval_{task}_{metric}"
 
 
 class DataParallelHFLM(HFLM):
@@ -207,6 +211,11 @@ class HarnessMetrics(MetricGroup):
         self.reads_qa_splits = benchmark_tasks  # the utility tasks alone score any model on any data
         if not self.tasks and not benchmark_tasks:
             raise ConfigError("lm_eval.tasks is empty and lm_eval.benchmark_tasks is false: nothing to evaluate")
+
+    def result_names(self, compared: bool) -> tuple[str, ...]:
+        """`lm_eval_<task>_*`: which metrics a task reports (and a group's subtasks) is the harness's."""
+        tasks = [*self.tasks, *(BENCHMARK_TASKS if self.benchmark_tasks else ())]
+        return tuple(result_name(task, "*") for task in tasks)
 
     def task_specs(self, benchmark_files: Mapping[str, Path], template: PromptTemplate, tokenizer,
                    folder: Path) -> list:

@@ -84,6 +84,10 @@ class Memorization(MetricGroup):
         self.last_miss_scores_one_over_n = last_miss_scores_one_over_n
         self.max_new_tokens, self.max_examples = max_new_tokens, max_examples
 
+    def result_names(self, compared: bool) -> tuple[str, ...]:
+        return tuple(f"{name}_{measure}" for name in ("forget", "retain")
+                     for measure in ("extraction_strength", "exact_memorization", "degenerate_fraction"))
+
     def evaluate(self, model, tokenizer, template, benchmark) -> Evaluation:
         limit = self.max_examples or None
         sets = {"forget": benchmark.forget[:limit], "retain": benchmark.retain_perturbed[:limit]}

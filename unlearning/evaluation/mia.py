@@ -195,6 +195,9 @@ class MembershipInference(MetricGroup):
         per_example = {name: {attack: values.tolist() for attack, values in s.items()} for name, s in scores.items()}
         return Evaluation(aggregates, per_example, {f"{name}_loss": s["loss"].tolist() for name, s in scores.items()})
 
+    def result_names(self, compared: bool) -> tuple[str, ...]:
+        return (*(f"mia_{attack}_auc" for attack in self.attacks), *(("mia_reference_auc",) if compared else ()))
+
     def compare(self, evaluations: Mapping[str, Evaluation], reference: str | None) -> dict[str, dict[str, float]]:
         if reference is None:
             return {}

@@ -32,6 +32,8 @@ from unlearning.evaluation.mia import labelled_token_values, membership_auc, min
 from unlearning.scoring import generate_answers, rouge_l_f1
 from unlearning.ops import token_logprobs
 
+ROUGE_SPLITS = ("verbmem_f", "knowmem_f", "knowmem_r")  # the splits scored by ROUGE-L F1 (`muse_<split>`)
+
 
 
 # ---------------------------------------------------------------------------------------------- pure
@@ -123,10 +125,13 @@ class MuseMetrics(MetricGroup):
                          "holdout_min_k": self.min_k(model, tokenizer, template, data.privleak_holdout[:limit])},
         }
         aggregates = {f"muse_{name}": float(np.mean(per_example[name]["rouge_l_f1"]))
-                      for name in ("verbmem_f", "knowmem_f", "knowmem_r")}
+                      for name in ROUGE_SPLITS}
         leak = per_example["privleak"]
         aggregates["muse_privleak_auc"] = privleak_auc(leak["forget_min_k"], leak["holdout_min_k"])
         return Evaluation(aggregates, per_example)
+
+    def result_names(self, compared: bool) -> tuple[str, ...]:
+        return (*(f"muse_{name}" for name in ROUGE_SPLITS), "muse_privleak_auc", *(("muse_privleak",) if compared else ()))
 
     def compare(self, evaluations: Mapping[str, Evaluation], reference: str | None) -> dict[str, dict[str, float]]:
         if reference is None:

@@ -22,6 +22,9 @@ class TextMetrics(MetricGroup):
         self.terms, self.n_prompts, self.context_words = terms, n_prompts, context_words
         self.n_forget_blocks, self.batch_size, self.max_length = n_forget_blocks, batch_size, max_length
 
+    def result_names(self, compared: bool) -> tuple[str, ...]:
+        return self.columns  # its table shows all it reports
+
     def prompts(self, corpus) -> list[tuple[str, str]]:
         return term_prompts([r["text"] for r in corpus.forget], self.terms, self.context_words, self.n_prompts)
 

@@ -193,6 +193,11 @@ class TofuMetrics(MetricGroup):
         return Evaluation(result.aggregates, result.per_example,
                           {"forget_truth_ratio": result.forget_truth_ratios.tolist()})
 
+    def result_names(self, compared: bool) -> tuple[str, ...]:
+        metrics = ("prob", "truth_ratio", *(("rouge",) if self.generate else ()))
+        names = [f"{name}_{metric}" for name in TOFU_SETS for metric in metrics]
+        return (*names, *(("model_utility",) if self.generate else ()), *(("forget_quality",) if compared else ()))
+
     def compare(self, evaluations, reference):
         if reference is None:
             return {}

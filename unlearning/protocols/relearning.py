@@ -20,6 +20,7 @@ from unlearning.evaluation.evaluator import ModelSource
 from unlearning.experiment import Experiment
 from unlearning.methods.language_modeling import LanguageModeling
 from unlearning.settings import TrainingSettings
+from unlearning.protocols.tofu import reported_metrics  # noqa: F401 (scored as protocol=tofu scores)
 from unlearning.stages.finetune import target_and_retain
 from unlearning.stages.inputs import Inputs
 from unlearning.stages.unlearn import UNLEARNED_FOLDER, unlearn

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from unlearning.errors import ConfigError
 from unlearning.evaluation.evaluator import ModelSource
 from unlearning.experiment import Experiment
+from unlearning.protocols.tofu import reported_metrics  # noqa: F401 (scored as protocol=tofu scores)
 from unlearning.stages.finetune import target_and_retain
 from unlearning.stages.unlearn import unlearn, unlearned_folder
 from unlearning.strategies import require_one_process

@@ -8,9 +8,12 @@ metrics (unlearning/evaluation/text.py), and the configured metric groups a text
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from omegaconf import DictConfig
 
 from unlearning.data.anchored_terms import load_dictionary
+from unlearning.evaluation.base import MetricGroup
 from unlearning.evaluation.base_drift import BaseDrift, general_texts
 from unlearning.errors import ConfigError
 from unlearning.evaluation.evaluator import ModelSource
@@ -25,10 +28,19 @@ from unlearning.stages.unlearn import UNLEARNED_FOLDER, unlearn
 TRAINING_STAGES = ("finetune_target", "finetune_reinforced", "unlearn")
 
 
+def reported_metrics(cfg: DictConfig, groups: Mapping[str, MetricGroup]) -> list[str]:
+    """What the unlearned model is reported with (checked at start-up, unlearning/sweeps.py): the text
+    metrics, the drift from the base model with `general_path`, and the configured groups a text corpus
+    can feed; nothing compared (no reference model). All the text metrics and the drift report are columns."""
+    drift = BaseDrift.columns if cfg.protocol.get("general_path") else ()
+    return [*TextMetrics.columns, *drift,
+            *(name for group in text_metric_groups(groups).values() for name in group.result_names(compared=False))]
+
+
 def run_text(cfg: DictConfig, n_prompts: int = 200, context_words: int = 40, n_forget_blocks: int = 50,
              batch_size: int = 32, general_path: str | None = None, general_field: str = "text",
              n_general: int = 200, kl_samples: int = 32, kl_new_tokens: int = 32) -> float:
-    """Run the stages, print the table, write results.json; returns the unlearned model's term_prob.
+    """Run the stages, print the table, write results.json; returns the unlearned model's `cfg.objective_metric`.
     With `general_path`, also the drift from the base model (unlearning/evaluation/base_drift.py)."""
     if not cfg.data.get("anchored_terms"):
         raise ConfigError("data.anchored_terms is required by the text protocol (a dictionary file or shipped name)")
@@ -59,5 +71,5 @@ def run_text(cfg: DictConfig, n_prompts: int = 200, context_words: int = 40, n_f
         ModelSource("unlearned", experiment.run_dir / UNLEARNED_FOLDER, loaded=(policy, tokenizer)),
         ModelSource("whp_inference", make=inference, groups=["text"]),
     ], reference=None, evaluator=evaluator)
-    return experiment.conclude(results, metric="term_prob", n_prompts=len(text.prompts(experiment.benchmark)),
+    return experiment.conclude(results, n_prompts=len(text.prompts(experiment.benchmark)),
                                anchored_terms=terms)

@@ -4,8 +4,11 @@ the retain model, which never saw the forget set."""
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from omegaconf import DictConfig
 
+from unlearning.evaluation.base import MetricGroup
 from unlearning.evaluation.evaluator import ModelSource
 from unlearning.experiment import Experiment
 from unlearning.stages.finetune import target_and_retain
@@ -15,6 +18,12 @@ from unlearning.stages.unlearn import UNLEARNED_FOLDER, unlearn
 # What this script trains, for unlearn-plan (unlearning/planning/stages.py); the reinforced model is
 # added there when the method declares it.
 TRAINING_STAGES = ("finetune_target", "finetune_retain", "unlearn")
+
+
+def reported_metrics(cfg: DictConfig, groups: Mapping[str, MetricGroup]) -> list[str]:
+    """What the model `objective_metric` is read from is reported with (checked at start-up,
+    unlearning/sweeps.py): every configured group, compared with the retain model."""
+    return [name for group in groups.values() for name in group.result_names(compared=True)]
 
 
 def run_tofu(cfg: DictConfig) -> float | list[float]:

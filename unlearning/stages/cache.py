@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from unlearning.config import config_fingerprint, fingerprint
 from unlearning.errors import ConfigError, OutputError
 from unlearning.interrupts import enter_stage
+from unlearning.requeue import CheckpointBeforeRequeue, requeued_job, under_slurm
 from unlearning.results import read_json_or_none, write_json_atomic
 from unlearning.strategies import barrier, broadcast, global_rank
 from unlearning.sweeps import in_multirun
@@ -156,8 +157,9 @@ class ResumePolicy:
         return {"stage": "unlearn", "config": self.config}
 
     def resumes_run_folder(self) -> bool:
-        """`resume=true`, or a sweep job with `resume` unset: a relaunched sweep continues each job's folder."""
-        return self.resume is True or (self.resume is None and self.in_sweep)
+        """`resume=true`, or with `resume` unset a sweep job (a relaunched sweep continues each job's folder)
+        or a requeued SLURM job (unlearning/requeue.py)."""
+        return self.resume is True or (self.resume is None and (self.in_sweep or requeued_job()))
 
     def saved_model(self, folder: Path) -> bool:
         """Whether `folder` holds the model this config saved (a resumed run killed while evaluating)."""
@@ -171,7 +173,8 @@ class ResumePolicy:
         if global_rank() == 0:  # which config the checkpoints belong to: `checkpoint` checks it
             folder.mkdir(parents=True, exist_ok=True)
             write_json_atomic(folder / CHECKPOINT_CONFIG, {"config": self.config})
-        return [ModelCheckpoint(dirpath=folder, every_n_train_steps=self.every, save_last=True, save_top_k=0)]
+        requeue = [CheckpointBeforeRequeue(folder / "last.ckpt")] if under_slurm() else []
+        return [ModelCheckpoint(dirpath=folder, every_n_train_steps=self.every, save_last=True, save_top_k=0), *requeue]
 
     def checkpoint(self, run_dir: Path) -> str | None:
         """`resume=true`: this run folder's last checkpoint; `resume=<file>`: that checkpoint; a sweep job
