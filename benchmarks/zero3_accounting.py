@@ -11,6 +11,10 @@ policy's and the frozen models' parameters (their ZeRO-3 shards), the optimizer'
 
     python -m benchmarks.zero3_accounting --layers 4 -- hardware=deepspeed_zero3 trainer.accelerator=cpu \
         trainer.devices=2 trainer.precision=bf16-mixed
+
+A sampling thread also keeps, per phase, the Python stack and the tensors at the largest RSS sample.
+`--trim`: RSS after malloc_trim at each mark (what glibc holds freed). ACCOUNTING_DETAIL=1 in the
+environment: unnamed large tensors by shape and referrer, and what autograd saves for backward at step 1.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from benchmarks.memory import EXACT_ALLOCATOR, MIB
 from benchmarks.plan_vs_reality import run_rank
 from benchmarks.workload import REPO, Settings
 
-DETAIL = os.environ.get("ACCOUNTING_DETAIL") == "1"
+DETAIL = os.environ.get("ACCOUNTING_DETAIL") == "1"  # slow: referrers of every unnamed large tensor
 FIRST_STEP_MARKS = ("fit_start", "forward", "backward", "step")
 
 
@@ -104,9 +108,6 @@ def census(named: dict[int, str]) -> dict[str, int]:
             if DETAIL and storage.nbytes() > MIB:
                 holders = ",".join(sorted({type(r).__name__ + (f"[{r.__class__.__module__}]" if not isinstance(
                     r, (dict, list, tuple)) else "") for r in gc.get_referrers(obj)} - {"frame[builtins]"}))
-                lists = [r for r in gc.get_referrers(obj) if isinstance(r, list)]
-                if lists:  # who holds the list
-                    holders += " <- " + ",".join(sorted({f"{type(r).__name__}:{str(r)[:60] if not isinstance(r, (dict, list)) else len(r)}" for r in gc.get_referrers(lists[0]) if type(r).__name__ != "frame"}))
                 owner = (f"{owner} {tuple(obj.shape)} {type(obj).__name__} rg={obj.requires_grad} "
                          f"fn={type(obj.grad_fn).__name__} ds={hasattr(obj, 'ds_id')} held by {holders}")
         sizes[owner] += storage.nbytes()
@@ -245,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
         (work / "marks").mkdir()
         done = subprocess.run([sys.executable, "-m", "benchmarks.zero3_accounting", "--rank-run",
                                str(work / "marks"), *overrides], cwd=REPO, env={**os.environ, **EXACT_ALLOCATOR,
-                                                                  "ACCOUNTING_TRIM": str(int(args.trim))}, capture_output=True, text=True)
+                                                                  "ACCOUNTING_TRIM": str(int(args.trim))},
+                              capture_output=True, text=True)
         ranks = {path.stem: json.loads(path.read_text()) for path in sorted((work / "marks").glob("rank*.json"))}
         if done.returncode != 0 and not ranks:
             raise RuntimeError(done.stderr[-3000:])

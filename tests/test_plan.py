@@ -149,7 +149,8 @@ def test_zero3_shards_and_offload_moves_to_host():
     assert {term.name: term.bytes for term in on_cpu}["DeepSpeed reduce buckets"] == 2800
     assert {term.name: term.bytes for term in on_cpu}[
         "ZeRO-3 full-size weight-shaped tensors in backward (owner not found)"] == 2800
-    assert {term.name for term in on_cpu if term.phase == BACKWARD} == {"fp32 copy of the gradient partitions at the step"}
+    assert {term.name for term in on_cpu if term.phase == BACKWARD} == {
+        "fp32 copy of the gradient partitions at the step"}
     assert peak_bytes(on_cpu) == 31848
     assert peak_bytes(training_terms(shape, hardware(), SMALL_WORK)) == 48416  # one process: all at once
     offloaded = terms(offload_optimizer=True, offload_parameters=True, **zero3)
