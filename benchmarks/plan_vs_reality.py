@@ -68,9 +68,9 @@ class PeakAtTrainEnd(L.Callback):
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps({"peak_rss_bytes": peak_rss_bytes()}))
 
 
-def run_rank(folder: Path, overrides: list[str]) -> None:
+def run_rank(overrides: list[str], callback: L.Callback) -> None:
     """One rank of the unlearning stage of `overrides` (rank 0 starts the others: Lightning re-runs this
-    command line), measured by PeakAtTrainEnd, which every stage fit is handed."""
+    command line), measured by `callback`, which every stage fit is handed."""
     from unlearning.experiment import Experiment
     from unlearning.planning.cli import compose_run
     from unlearning.stages.training import StageTrainer
@@ -82,7 +82,7 @@ def run_rank(folder: Path, overrides: list[str]) -> None:
     fit = StageTrainer.fit
 
     def measured_fit(self, *args, callbacks=(), **kwargs):
-        return fit(self, *args, callbacks=[*callbacks, PeakAtTrainEnd(folder)], **kwargs)
+        return fit(self, *args, callbacks=[*callbacks, callback], **kwargs)
 
     StageTrainer.fit = measured_fit
     try:
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     measuring processes this module starts (a rank's command line is re-run by Lightning for the others)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--rank-run"]:
-        run_rank(Path(argv[1]), argv[2:])
+        run_rank(argv[2:], PeakAtTrainEnd(Path(argv[1])))
     elif argv[:1] == ["--baseline"]:
         import unlearning.stages.unlearn  # noqa: F401  (what a rank imports before it loads a model)
 

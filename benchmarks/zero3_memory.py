@@ -1,12 +1,14 @@
 """Item 7: peak memory per rank of a ≥100M-parameter Llama under ZeRO-3 on 2 processes vs 1 process.
 
-Each measurement is one `unlearn` run (NPO + retain NLL, `trainer.max_steps` steps, the target and
-retain models given as the saved model folder, so no finetuning) whose every process writes its peak
-RSS at exit (benchmarks/peak_rss/sitecustomize.py). The runs evaluate only a handful of examples on
-tiny generations, so the peak is loading plus training. `--code` runs another checkout's `unlearning`
-package (e.g. the commit before partitioned loading) for the "before" ratio:
+Each measurement is one run of the unlearning stage (NPO + retain NLL, `trainer.max_steps` steps, the
+target and retain models given as the saved model folder, so no finetuning), every rank writing its peak
+RSS when training ends (benchmarks/plan_vs_reality.py's rank run): loading plus the steps, the issue's
+measure. `--whole-run` measures instead at exit of a whole `unlearn` run (benchmarks/peak_rss), which
+also saves and has every rank evaluate full replicas of its models (a handful of examples). `--code`
+runs another checkout's `unlearning` package (e.g. the commit before partitioned loading; its
+`benchmarks` must have the rank run, or give `--whole-run`):
 
-    python -m benchmarks.zero3_memory --code /path/to/old/checkout
+    python -m benchmarks.zero3_memory [--whole-run] [--precision 32-true] [--code /path/to/old/checkout]
 """
 
 from __future__ import annotations
@@ -59,20 +61,28 @@ def build_model(folder: Path, tokenizer_dir: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def peaks(model: Path, hardware: list[str], work: Path, code: Path) -> list[int]:
-    """Peak RSS of each rank of one run, rank order."""
+def peaks(model: Path, hardware: list[str], work: Path, code: Path, whole_run: bool) -> list[int]:
+    """Peak RSS of each rank, rank order: at the end of training (loading + the steps, the issue's
+    measure: benchmarks/plan_vs_reality.py's rank run of the unlearning stage), or `whole_run`: at exit of
+    an `unlearn` run, which also saves and has every rank evaluate full replicas of its models."""
     peak_dir = work / "peaks"
     shutil.rmtree(peak_dir, ignore_errors=True)
     peak_dir.mkdir(parents=True)
     env = {**os.environ, "PEAK_RSS_DIR": str(peak_dir), "PYTHONPATH": f"{code}{os.pathsep}{HOOK}",
            "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}  # peak RSS follows live tensors (see memory.py)
-    # The console script, not `python -c`: Lightning starts rank 1 by running the same command line again.
-    command = [str(Path(sys.executable).parent / "unlearn"), *RUN, *hardware,
-               "model=local", f"model.name_or_path={model}", f"finetune.target_path={model}",
-               f"finetune.retain_path={model}", f"hydra.run.dir={work / 'run'}", f"paths.cache_dir={work / 'cache'}"]
-    done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
+    overrides = [*RUN, *hardware, "model=local", f"model.name_or_path={model}", f"finetune.target_path={model}",
+                 f"finetune.retain_path={model}", f"paths.cache_dir={work / 'cache'}"]
+    # The console script or a module, not `python -c`: Lightning starts rank 1 by running the same command line.
+    command = ([str(Path(sys.executable).parent / "unlearn"), *overrides, f"hydra.run.dir={work / 'run'}"]
+               if whole_run else [sys.executable, "-m", "benchmarks.plan_vs_reality", "--rank-run", str(peak_dir),
+                                  *overrides, f"paths.run_dir={work / 'run'}"])
+    if not whole_run:
+        env["PYTHONPATH"] = f"{code}{os.pathsep}{REPO}"
+    done = subprocess.run(command, env=env, cwd=work if whole_run else REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(hardware)} failed:\n{done.stderr[-3000:]}")
+    if not whole_run:
+        return [json.loads(path.read_text())["peak_rss_bytes"] for path in sorted(peak_dir.glob("rank*.json"))]
     records = [json.loads(path.read_text()) for path in peak_dir.glob("*.json")]
     by_rank: dict[int, int] = {}
     for record in records:  # a rank's helper processes (compilers) are smaller: keep each rank's largest
@@ -80,23 +90,26 @@ def peaks(model: Path, hardware: list[str], work: Path, code: Path) -> list[int]
     return [by_rank[rank] for rank in sorted(by_rank)]
 
 
-def measure(workload: Workload, log_dir: Path, code: Path = REPO, precision: str = "bf16-mixed") -> Section:
+def measure(workload: Workload, log_dir: Path, code: Path = REPO, precision: str = "bf16-mixed",
+            whole_run: bool = False) -> Section:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "model").mkdir()
         n_params = build_model(work / "model", workload.settings.data_dir / "models" / "stories260K")
         runs = hardware(precision, zero_settings=code == REPO)
-        measured = {name: peaks(work / "model", overrides, work, code) for name, overrides in runs.items()}
+        measured = {name: peaks(work / "model", overrides, work, code, whole_run) for name, overrides in runs.items()}
     single = measured["1 process"][0]
     rows = [[name, ", ".join(f"{peak / GIB:.2f}" for peak in ranks), f"{max(ranks) / single:.2f}"]
             for name, ranks in measured.items()]
     return Section(
         title="7. Peak memory per rank under ZeRO-3 (2 processes) vs 1 process",
-        summary=(f"Peak RSS of every process of one `unlearn` run: a randomly initialised Llama of {n_params / 1e6:.0f}M "
-                 f"parameters (hidden {SHAPE['hidden_size']}, {SHAPE['num_hidden_layers']} layers, float32 weights, "
-                 f"`trainer.precision={precision}`) loaded "
-                 f"from a folder as target, NPO + retain NLL for 3 steps (batch 2, max_length 64), evaluation of 2 "
-                 f"examples. Code: {code}. Target: the largest ZeRO-3 rank <= 0.6x the single process."),
+        summary=(f"Peak RSS of every rank of one run ({'`unlearn`' if whole_run else 'the unlearning stage'}): a "
+                 f"randomly initialised Llama of {n_params / 1e6:.0f}M parameters (hidden {SHAPE['hidden_size']}, "
+                 f"{SHAPE['num_hidden_layers']} layers, float32 weights, `trainer.precision={precision}`) loaded "
+                 f"from a folder as target, NPO + retain NLL for 3 steps (batch 2, max_length 64)"
+                 f"{', evaluation of 2 examples' if whole_run else ''}. Code: {code}. Peak "
+                 + ("at exit (saving and evaluation included)" if whole_run else "when training ends (loading + 3 steps)")
+                 + ". Target: the largest ZeRO-3 rank <= 0.6x the single process."),
         columns=["run", "peak RSS per rank (GiB)", "largest rank / 1 process"],
         rows=rows,
     )
@@ -106,5 +119,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--code", type=Path, default=REPO, help="the checkout whose `unlearning` package runs")
     parser.add_argument("--precision", default="bf16-mixed", help="trainer.precision of both runs")
+    parser.add_argument("--whole-run", action="store_true", help="the peak at exit of `unlearn` (saving, evaluation)")
     args = parser.parse_args()
-    print(measure(Workload(Settings()), Path("."), args.code, args.precision).markdown())
+    print(measure(Workload(Settings()), Path("."), args.code, args.precision, args.whole_run).markdown())

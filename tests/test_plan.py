@@ -33,7 +33,7 @@ SMALL_WORK = Workload(batch_size=2, sub_batches=2, sequence=4, parameters=1400, 
 def hardware(**changes) -> Hardware:
     single = Hardware(ranks=1, zero_stage=None, offload_optimizer=False, offload_parameters=False,
                       precision="32-true", accelerator="cpu", reduce_bucket_size=200_000_000, overlap_comm=True,
-                      weight_bytes=4)
+                      max_live_parameters=1_000_000_000, weight_bytes=4)
     return replace(single, **changes)
 
 
@@ -127,24 +127,31 @@ def test_memory_terms_of_a_small_case():
 
 
 def test_zero3_shards_and_offload_moves_to_host():
-    """ZeRO-3 over 2 ranks in 16-bit (w = 2): weights and reference 1400 x 2 / 2 = 1400; gradients and their
-    fp32 copy 700 x (2 + 4) = 4200; fp32 master + moments 12 x 1400 / 2 = 8400; one reduce bucket of 2e8
-    elements (on a CPU, only the 2800 bytes of gradients written to it); 2 gathered layers of 656 x 2 bytes
-    = 2624; activations and logits in 16-bit: 19456 / 2 = 9728 and 8 x 10 x (8 + 2 + 4 for the fp32 copy)
-    = 1120. The peak on a CPU: held 1400 + 8400 + 2624 + 1400 = 13824, plus the larger of forward
-    (9728 + 1120 = 10848) and backward (4200 + 2800 = 7000): 24672."""
+    """ZeRO-3 over 2 ranks in 16-bit (w = 2): weights and reference 1400 x 2 / 2 = 1400; gradient partitions
+    700 x 2 = 1400, held, and their fp32 copy at the step 700 x 4 = 2800; fp32 master + moments 12 x 1400 / 2
+    = 8400; one reduce bucket of 2e8 elements, held (on a CPU, only the 2800 bytes of gradients written to
+    it); gathered weights: up to 1e9 elements, the whole model, 1400 x 2 = 2800 (more than 2 layers of 656);
+    activations and logits in 16-bit: 19456 / 2 = 9728 and 8 x 10 x (8 + 2 + 4 for the fp32 copy) = 1120.
+    On a CPU also 1400 x 2 = 2800 of weight-shaped tensors through backward. The peak on a CPU: held 1400 +
+    1400 + 8400 + 2800 + 1400 = 15400, plus the larger of forward (9728 + 1120 + 2800 + 2800 = 16448) and
+    backward (2800): 31848. With stage3_max_live_parameters = 100, the 2 layers (2 x 656 x 2 = 2624)."""
     zero3 = dict(ranks=2, zero_stage=3, precision="bf16-mixed", weight_bytes=2)
     sharded = terms(**zero3)
-    assert sharded == {"weights": (1400, False), "gradients + their fp32 copy at the step": (4200, False),
+    gathered = "ZeRO-3 gathered weights (stage3_max_live_parameters, at least 2 layers)"
+    assert sharded == {"weights": (1400, False), "gradient partitions": (1400, False),
+                       "fp32 copy of the gradient partitions at the step": (2800, False),
                        "optimizer states (fp32 master + AdamW moments)": (8400, False),
-                       "DeepSpeed reduce buckets": (4e8, False), "ZeRO-3 gathered weights (2 layers)": (2624, False),
+                       "DeepSpeed reduce buckets": (4e8, False), gathered: (2800, False),
                        "frozen model: ref": (1400, False), "activations": (9728, False), "logits": (1120, False)}
+    assert terms(max_live_parameters=100, **zero3)[gathered] == (2624, False)
     shape = ModelShape.from_config_json(SMALL, "test")
     on_cpu = training_terms(shape, hardware(**zero3), SMALL_WORK, "cpu")
     assert {term.name: term.bytes for term in on_cpu}["DeepSpeed reduce buckets"] == 2800
+    assert {term.name: term.bytes for term in on_cpu}[
+        "ZeRO-3 full-size weight-shaped tensors in backward (owner not found)"] == 2800
     assert {term.name for term in on_cpu if term.phase == BACKWARD} == {
-        "gradients + their fp32 copy at the step", "DeepSpeed reduce buckets"}
-    assert peak_bytes(on_cpu) == 24672
+        "fp32 copy of the gradient partitions at the step"}
+    assert peak_bytes(on_cpu) == 31848
     assert peak_bytes(training_terms(shape, hardware(), SMALL_WORK)) == 48416  # one process: all at once
     offloaded = terms(offload_optimizer=True, offload_parameters=True, **zero3)
     assert {name for name, (_, host) in offloaded.items() if host} == {
@@ -247,18 +254,19 @@ def test_every_paper_experiment_is_planned(experiment, capsys):
 
 def test_a_config_that_cannot_fit_exits_1_with_one_line():
     """Llama-2-7b over 8 ZeRO-3 ranks without checkpointing, batch 16 x 2 sub-batches of 512 tokens: held
-    weights 1,684,603,904 + optimizer 10,107,623,424 + 2 gathered layers 809,533,440 + reference 1,684,603,904;
-    forward: activations 178176 bytes x 8192 tokens x 32 layers x 2 = 93,415,538,688 (87.00 GiB) + logits
-    8192 x 32000 x (8 + 2 + 4) = 3,670,016,000; together 111,371,919,360 bytes = 103.72 GiB. Checkpointed,
-    the activations are 4,294,967,296 + 1,459,617,792: 22.08 GiB in all; a batch of 4 gives 35.91 GiB."""
+    weights 1,684,603,904 + gradient partitions 1,684,603,904 + optimizer 10,107,623,424 + reduce bucket
+    400,000,000 + reference 1,684,603,904 = 15,561,435,136; forward: activations 178176 bytes x 8192 tokens
+    x 32 layers x 2 = 93,415,538,688 (87.00 GiB) + logits 8192 x 32000 x (8 + 2 + 4) = 3,670,016,000 +
+    gathered weights 1e9 x 2 = 2,000,000,000; together 114,646,989,824 bytes = 106.77 GiB. Checkpointed,
+    the activations are 4,294,967,296 + 1,459,617,792: 25.13 GiB in all; a batch of 4 gives 38.96 GiB."""
     command = [sys.executable, "-c", "from unlearning.planning.cli import main; main()", "experiment=tofu_paper",
                "model.gradient_checkpointing=false", "data.batch_size=16", "--gpu-memory", "40"]
     environment = {**os.environ, "PYTHONPATH": str(REPO), "UNLEARNING_DATA_DIR": str(DATA_DIR)}
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=environment)
     assert done.returncode == 1
     (line,) = done.stderr.splitlines()
-    assert line == ("error: stage unlearn needs 103.72 GiB per rank, more than --gpu-memory 40: largest term "
-                    "activations: 87.00 GiB; fits with model.gradient_checkpointing=true (22.08 GiB) or "
-                    "data.batch_size=4 (35.91 GiB)")
-    assert "| **total per rank on the GPU** | **23.22** | **23.22** | **103.72** |" in done.stdout
-    assert "- finetune_target: fits (23.22 GiB)" in done.stdout
+    assert line == ("error: stage unlearn needs 106.77 GiB per rank, more than --gpu-memory 40: largest term "
+                    "activations: 87.00 GiB; fits with model.gradient_checkpointing=true (25.13 GiB) or "
+                    "data.batch_size=4 (38.96 GiB)")
+    assert "| **total per rank on the GPU** | **26.27** | **26.27** | **106.77** |" in done.stdout
+    assert "- finetune_target: fits (26.27 GiB)" in done.stdout

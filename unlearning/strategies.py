@@ -56,6 +56,15 @@ class DeepSpeedOnAnyDevice(DeepSpeedStrategy):
         self.set_world_ranks()
         self._init_deepspeed_distributed()
 
+    def teardown(self) -> None:
+        """After a fit, also let the engine go: DeepSpeed's own globals keep it (and with it the optimizer's
+        fp32 master weights, moments and gradient partitions) alive for as long as the process runs.
+        What stays is each ZeRO-3 parameter's shard, enough to gather the weights for saving."""
+        engine = self.model if hasattr(self.model, "optimizer") and hasattr(self.model, "destroy") else None
+        super().teardown()
+        if engine is not None:
+            release_engine(engine)
+
     def _setup_model_and_optimizer(self, model: nn.Module, optimizer, lr_scheduler=None):
         import deepspeed
 
@@ -69,6 +78,28 @@ class DeepSpeedOnAnyDevice(DeepSpeedStrategy):
             dist_init_required=False,
         )
         return engine, deepspeed_optimizer
+
+
+def release_engine(engine) -> None:
+    """Drop what DeepSpeed's module-level state holds of a finished `engine` (DeepSpeed 0.19; see
+    deepspeedai/DeepSpeed#4856): `destroy` removes its hooks; the ZeRO-3 parameter coordinator's
+    `__params_to_release` is an `lru_cache` on the class, keyed by coordinator and module;
+    `FWD_MODULE_STACK` keeps the wrapped module from the engine's creation on; each parameter's
+    `_z3_optimizer` points at the optimizer. Measured on CPU ranks: without this a rank still holds the
+    whole training state when it loads the model it evaluates (benchmarks/RESULTS.md item 7)."""
+    from deepspeed.runtime.zero import parameter_offload
+    from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
+
+    engine.destroy()
+    module = engine.module
+    parameter_offload.FWD_MODULE_STACK[:] = [m for m in parameter_offload.FWD_MODULE_STACK if m is not module]
+    release_cache = PartitionedParameterCoordinator.__dict__.get("_PartitionedParameterCoordinator__params_to_release")
+    for cell in getattr(release_cache, "__closure__", None) or ():  # the lru_cache under DeepSpeed's nvtx wrapper
+        if hasattr(cell.cell_contents, "cache_clear"):
+            cell.cell_contents.cache_clear()
+    for param in module.parameters():
+        if hasattr(param, "_z3_optimizer"):
+            del param._z3_optimizer
 
 
 def zero3_init_config(trainer: Mapping) -> dict | None:

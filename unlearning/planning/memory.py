@@ -9,8 +9,13 @@
 - under mixed precision with 32-bit weights and no DeepSpeed, autocast's 16-bit copies of the trainable
   weights, 2·T, held through the forward pass; under DDP, its gradient buckets, T·w more;
 - DeepSpeed's gradient-reduction buckets (ZeRO-2: two of `reduce_bucket_size` elements with
-  `overlap_comm`; ZeRO-3: one) and, under ZeRO-3, the gathered full weights of the layer that computes
-  and of the one prefetched (the bigger of a decoder layer and the embedding, twice);
+  `overlap_comm`; ZeRO-3: one, allocated at setup and kept, as are its gradient partitions, T·w/N);
+- under ZeRO-3, during the step, the gathered full weights DeepSpeed keeps resident: up to
+  `stage3_max_live_parameters` elements (DeepSpeed's default 1e9: a whole model below 1B parameters), at
+  least the layer that computes and the one prefetched (the bigger of a decoder layer and the embedding,
+  twice); on CPU ranks also T·w of full-size weight-shaped tensors alive through backward, measured
+  (benchmarks/zero3_accounting.py: tensors of the weights' shapes, not the parameters, held only by
+  autograd) but not attributed to an owner;
 - frozen models: a full copy each (the reference; under LoRA the reference is the policy with its
   adapters off and costs nothing; the reinforced model), w·Ψ (ZeRO-3: /N); their no-grad forwards keep
   nothing for backward;
@@ -58,6 +63,7 @@ class Hardware:
     accelerator: str
     reduce_bucket_size: int  # DeepSpeed elements per gradient-reduction bucket
     overlap_comm: bool
+    max_live_parameters: int  # ZeRO-3: gathered elements DeepSpeed keeps resident (stage3_max_live_parameters)
     weight_bytes: int  # w: a weight as training holds it (planning.stages.weight_bytes)
 
     @property
@@ -126,17 +132,26 @@ def training_terms(shape: ModelShape, hardware: Hardware, work: Workload, device
         gradients = hardware.sharded(work.trainable, 2)
         if hardware.offload_optimizer:
             terms.append(Term("gradients (fp32, offloaded)", gradients * 4, True, BACKWARD))
+        elif zero == 3:  # ZeRO-3 allocates its gradient partitions, zeroed, when it sets up
+            terms.append(Term("gradient partitions", gradients * w))
+            terms.append(Term("fp32 copy of the gradient partitions at the step", gradients * 4, phase=BACKWARD))
         else:
             terms.append(Term("gradients + their fp32 copy at the step", gradients * (w + 4), phase=BACKWARD))
         terms.append(Term("optimizer states (fp32 master + AdamW moments)",
                           hardware.sharded(work.trainable, 1) * DEEPSPEED_OPTIMIZER_BYTES, hardware.offload_optimizer))
     if zero is not None and zero >= 2:
         buckets = (2 if zero == 2 and hardware.overlap_comm else 1) * hardware.reduce_bucket_size * w
+        # ZeRO-3 allocates its bucket when it sets up and keeps it; ZeRO-2 fills its own from backward to the step
         terms.append(Term("DeepSpeed reduce buckets", min(buckets, work.trainable * w) if device == "cpu" else buckets,
-                          phase=BACKWARD))
+                          phase=HELD if zero == 3 else BACKWARD))
     if zero == 3:
         biggest = max(shape.layer_parameters(), shape.vocab_size * shape.hidden_size)
-        terms.append(Term("ZeRO-3 gathered weights (2 layers)", 2 * biggest * w))
+        gathered = max(2 * biggest, min(hardware.max_live_parameters, work.parameters))
+        terms.append(Term("ZeRO-3 gathered weights (stage3_max_live_parameters, at least 2 layers)", gathered * w,
+                          phase=FORWARD))
+        if device == "cpu":  # measured on CPU ranks (benchmarks/zero3_accounting.py), not known on GPUs
+            terms.append(Term("ZeRO-3 full-size weight-shaped tensors in backward (owner not found)",
+                              work.trainable * w, phase=FORWARD))
     for name in work.frozen_copies:
         terms.append(Term(f"frozen model: {name}", hardware.sharded(shape.parameters(), 3) * w, offload_weights))
     terms.append(Term("activations" + (" (checkpointed)" if work.checkpointing else ""),

@@ -28,6 +28,7 @@ FINETUNE_STAGES = {"finetune_target": ("finetune", "target_path"), "finetune_ret
                    "finetune_reinforced": ("reinforce", "reinforced_path")}
 PRECISION_BYTES = {"64": 8, "32": 4, "16": 2, "bf16": 2}
 LIGHTNING_BUCKET_SIZE = 200_000_000  # Lightning's DeepSpeedStrategy default reduce_bucket_size
+DEEPSPEED_MAX_LIVE_PARAMETERS = 1_000_000_000  # DeepSpeed's default stage3_max_live_parameters
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ def hardware(trainer: DictConfig, model_dtype: str, notes: list[str]) -> Hardwar
                     accelerator=str(trainer.get("accelerator", "auto")),
                     reduce_bucket_size=int(settings.get("reduce_bucket_size", LIGHTNING_BUCKET_SIZE)),
                     overlap_comm=bool(settings.get("overlap_comm", True)),
+                    max_live_parameters=int((settings.get("zero_settings") or {}).get(
+                        "stage3_max_live_parameters", DEEPSPEED_MAX_LIVE_PARAMETERS)),
                     weight_bytes=weight_bytes(precision, deepspeed is not None, model_dtype))
 
 

@@ -7,6 +7,7 @@ a resumed run whose model was saved under this same config (killed while evaluat
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,12 +41,29 @@ def unlearned_folder(experiment: "Experiment") -> Path:
 def unlearn(experiment: "Experiment", target: Path, reference_model: Path | None = None):
     """Unlearn the forget set from `target`; returns the unlearned (model, tokenizer).
     `reference_model` (the retain model) anchors forget quality when evaluating during training."""
+    spec = experiment.spec
+    evaluated = unlearned_folder(experiment)
+    if experiment.resume.saved_model(experiment.run_dir / UNLEARNED_FOLDER):
+        log.info("stage unlearn: reusing %s", experiment.run_dir / UNLEARNED_FOLDER)
+        return spec.load(evaluated)
+    if not distributed():
+        return train_and_save(experiment, target, reference_model)
+    # Several processes: each evaluates the saved model (under ZeRO-3 it trained only a shard). The
+    # training state (optimizer states, gradient buffers, DeepSpeed's fp32 master weights and partitioned
+    # models) is held by reference cycles (Lightning's trainer <-> module, DeepSpeed's hooks, each ZeRO-3
+    # parameter's `_z3_optimizer`) that Python's generational collector may leave for long: collected
+    # here, before the replica loads, or a rank holds both (benchmarks/RESULTS.md item 7).
+    train_and_save(experiment, target, reference_model)
+    gc.collect()
+    return spec.load(evaluated)
+
+
+def train_and_save(experiment: "Experiment", target: Path, reference_model: Path | None):
+    """The stage's training and saving: the unlearned (model, tokenizer) as trained (under LoRA with
+    merge_on_save, the merged model)."""
     spec, cfg, run_dir = experiment.spec, experiment.cfg, experiment.run_dir
     folder, resume = run_dir / UNLEARNED_FOLDER, experiment.resume
     evaluated = unlearned_folder(experiment)
-    if resume.saved_model(folder):
-        log.info("stage unlearn: reusing %s", folder)
-        return spec.load(evaluated)
     enter_stage(experiment.unlearn_stage)
     checkpoint = resume.checkpoint(run_dir)  # before `checkpointing` records this run's config there
     objective = build(cfg.method)
@@ -72,7 +90,4 @@ def unlearn(experiment: "Experiment", target: Path, reference_model: Path | None
         save_full_weights(merged, tokenizer, tmp / MERGED_FOLDER)
         return merged
 
-    unlearned = build_folder(folder, save, resume.record)
-    if distributed():  # under ZeRO-3 this process holds a shard: what is evaluated is the saved model
-        return spec.load(evaluated)
-    return unlearned, tokenizer
+    return build_folder(folder, save, resume.record), tokenizer
