@@ -1,10 +1,12 @@
 """Run by tests/test_distributed.py as `python distributed_probe.py {ddp,zero3} OUT_DIR`: 2 CPU processes
 fit NPO + retain NLL for two steps on a tiny Llama; each rank writes OUT_DIR/rank<r>.json with the forget
 and retain input ids it trained on and, at train start, the size of every frozen reference parameter
-it holds (numel, and DeepSpeed's full size ds_numel when ZeRO-3 partitioned it)."""
+it holds (numel, and DeepSpeed's full size ds_numel when ZeRO-3 partitioned it), and after `fit` the
+number of DeepSpeed ZeRO optimizers still alive (the strategy's teardown must release them)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from functools import partial
@@ -43,7 +45,8 @@ class Probe(L.Callback):
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-def main(strategy: str, out: Path) -> None:
+def fit(strategy: str, out: Path) -> int:
+    """Two steps of NPO + retain NLL; this process's global rank."""
     tokenizer = train_byte_level_tokenizer(SENTENCES * 5, vocab_size=300)
     L.seed_everything(0)
     pairs = [{"question": q, "answer": a} for q, a in PAIRS_FOR_STEP]
@@ -59,6 +62,15 @@ def main(strategy: str, out: Path) -> None:
                         strategy="ddp" if strategy == "ddp" else DeepSpeedOnAnyDevice(stage=3),
                         callbacks=[Probe(out)])
     trainer.fit(module, datamodule=data)
+    return trainer.global_rank
+
+
+def main(strategy: str, out: Path) -> None:
+    rank = fit(strategy, out)
+    gc.collect()  # as the unlearning stage does once its trainer is out of scope, before it loads a replica
+    record = out / f"rank{rank}.json"
+    alive = sum(type(o).__name__.startswith("DeepSpeedZeroOptimizer") for o in gc.get_objects())
+    record.write_text(json.dumps({**json.loads(record.read_text()), "zero_optimizers_alive": alive}))
     torch.distributed.destroy_process_group()
 
 
