@@ -38,6 +38,14 @@ def request_slices(n_records: int, requests: int) -> list[slice]:
     return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
+def request_benchmark(benchmark, forget: list[dict]):
+    """`benchmark` with one request's share of the forget set, and the perturbed records of the same
+    questions: a benchmark's perturbed file must match its forget set (Benchmark checks it)."""
+    asked = {record["question"] for record in forget}
+    perturbed = [record for record in benchmark.forget_perturbed if record["question"] in asked]
+    return replace(benchmark, forget=forget, forget_perturbed=perturbed)
+
+
 def run_sequential(cfg: DictConfig, requests: int = 4) -> float | list[float]:
     """TOFU stages with the unlearning split into requests; returns the final model's `cfg.objective_metric`."""
     require_one_process(cfg, "tofu_sequential")
@@ -54,7 +62,7 @@ def run_sequential(cfg: DictConfig, requests: int = 4) -> float | list[float]:
     scored = experiment.evaluator.score(sources)
     start, forget = target, experiment.benchmark.forget
     for i, part in enumerate(request_slices(len(forget), requests), start=1):
-        request = replace(experiment, benchmark=replace(experiment.benchmark, forget=forget[part]),
+        request = replace(experiment, benchmark=request_benchmark(experiment.benchmark, forget[part]),
                           run_dir=experiment.run_dir / f"request{i}", unlearn_stage=f"request{i}/unlearn")
         loaded = unlearn(request, start, reference_model=retain_model)
         start = unlearned_folder(request)
