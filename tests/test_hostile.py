@@ -510,6 +510,27 @@ def test_a_signal_ends_a_sweep_with_one_line_naming_the_job(sent, tmp_path, monk
 
 
 @pytest.mark.slow
+def test_a_second_launch_of_a_sweep_is_refused_before_any_job(tmp_path):
+    """A sweep folder held by another launch (the same `unlearn -m experiment=...` started twice: the
+    folder comes from the experiment, not the command line): one line, status 1, no job folder."""
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    held = FileLock(str(folder / RUN_LOCK), timeout=0)
+    held.acquire()
+    try:
+        second = subprocess.run([sys.executable, "-c", "from unlearning.cli import unlearn; unlearn()", "-m",
+                                 f"hydra.sweep.dir={folder}", f"paths.cache_dir={tmp_path / 'cache'}", "seed=0,1"],
+                                capture_output=True, text=True, timeout=300)
+    finally:
+        held.release()
+    assert second.returncode == 1
+    assert (second.stdout + second.stderr).strip().splitlines() == [
+        f"error: hydra.sweep.dir={folder} is in use by another sweep (it holds {folder / RUN_LOCK}); "
+        "valid: a folder no running sweep writes to"]
+    assert sorted(path.name for path in folder.iterdir()) == [RUN_LOCK]
+    assert not (tmp_path / "cache").exists()
+
+
 def test_two_runs_on_one_run_folder_and_on_one_cache(tmp_path):
     """Two runs at once: on one run folder the second is refused with one line and the first finishes
     untouched; on one stage cache (two run folders) both finish, each stage built once."""

@@ -1,17 +1,20 @@
 """What the Hydra console scripts check on the raw command line, before Hydra writes `.hydra/` into the
 run folder: no secret of the environment pasted into an override (it would be saved there), no config
-group option reaching outside conf/ with `..`, and one run at a time in a run folder (`lock_run_folder`).
+group option reaching outside conf/ with `..`, and one run at a time in a run folder (`lock_run_folder`;
+a sweep folder: `SweepFolderLock`, a Hydra callback).
 `redact_secrets` masks a secret that reached `.hydra/` another way (a user's own config file).
 `hydra_errors_in_one_line` makes Hydra's own refusals (composition, override syntax) one line too."""
 
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path, PurePath
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from filelock import FileLock, Timeout
+from hydra.experimental.callback import Callback
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -115,6 +118,24 @@ def launched_rank() -> int:
     return 0
 
 
+def hold_folder(folder: Path, key: str, holder: str) -> FileLock:
+    """`<folder>/.run.lock`, taken without waiting: one `holder` (a run, a sweep) at a time writes to
+    `folder`; a one-line ConfigError naming `key` when another process holds it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{key}={folder} cannot be created: {error.strerror or error}") from None
+    lock = FileLock(str(folder / RUN_LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"{key}={folder} is in use by another {holder} (it holds {folder / RUN_LOCK}); "
+                          f"valid: a folder no running {holder} writes to") from None
+    except OSError as error:
+        raise ConfigError(f"{key}={folder} cannot be locked: {error.strerror or error}") from None
+    return lock
+
+
 @contextmanager
 def lock_run_folder(arguments: Sequence[str]) -> Iterator[None]:
     """Hold `<hydra.run.dir>/.run.lock` for the run: a second run on the same folder is refused before
@@ -123,22 +144,34 @@ def lock_run_folder(arguments: Sequence[str]) -> Iterator[None]:
     if folder is None or launched_rank() > 0:  # the ranks of one launch share the folder: rank 0 holds it
         yield
         return
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"hydra.run.dir={folder} cannot be created: {error.strerror or error}") from None
-    lock = FileLock(str(folder / RUN_LOCK), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise ConfigError(f"hydra.run.dir={folder} is in use by another run (it holds {folder / RUN_LOCK}); "
-                          "valid: a folder no running run writes to") from None
-    except OSError as error:
-        raise ConfigError(f"hydra.run.dir={folder} cannot be locked: {error.strerror or error}") from None
+    lock = hold_folder(folder, "hydra.run.dir", "run")
     try:
         yield
     finally:
         lock.release()
+
+
+class SweepFolderLock(Callback):
+    """One launch at a time in a sweep folder (`hydra.sweep.dir`, usually set by an experiment config,
+    not on the command line): a second launch of the same sweep would run the same jobs in the same job
+    folders at once. The launching process holds it from the multirun's start to its end."""
+
+    def __init__(self) -> None:
+        self.lock: FileLock | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if launched_rank() > 0:
+            return
+        try:
+            self.lock = hold_folder(Path(config.hydra.sweep.dir), "hydra.sweep.dir", "sweep")
+        except ConfigError as error:
+            # Hydra turns a callback's exception into a warning and starts the sweep anyway: only an exit
+            # (a SystemExit, which it does not catch) refuses it before any job runs
+            sys.exit(f"error: {error}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
 
 def redact_secrets() -> None:
