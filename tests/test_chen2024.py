@@ -179,13 +179,14 @@ def test_selector_configs_compose(option, tmp_path):
     assert cfg.selector._target_.startswith("unlearning.selectors.")
 
 
-def test_synthetic_authors_selector_picks_the_default_forget_split(tmp_path):
-    """On the default benchmark the shipped selector flags exactly the forget split among forget + retain;
+@pytest.mark.parametrize("overrides", [[], ["seed=1"], ["seed=2", "data.split=forget05"]])
+def test_synthetic_authors_selector_picks_the_forget_split(overrides, tmp_path):
+    """For any seed and split the shipped selector flags exactly the forget split among forget + retain;
     alternates follow the selection and the retain term never sees a flagged pair."""
     from unlearning.experiment import Experiment
     from unlearning.stages.inputs import StageInputs
 
-    experiment = Experiment.from_config(compose_config(["selector=synthetic_authors"], run_dir=tmp_path))
+    experiment = Experiment.from_config(compose_config(["selector=synthetic_authors", *overrides], run_dir=tmp_path))
     inputs = StageInputs(experiment, policy=None, tokenizer=None, target=None)
     sets = {name: inputs.batch_set(name) for name in ("forget", "alternate", "retain")}
     assert sets["forget"] == experiment.benchmark.forget

@@ -182,6 +182,7 @@ CASES: list[tuple[str, Callable, str]] = [
     ("group option in a sweep list", lambda c, mp: c.command(cli.unlearn, "-m", "method=npo,../x"), "method="),
     ("hydra group option with ..", lambda c, mp: c.command(cli.unlearn, "hydra/launcher=../../x"), "hydra/launcher="),
     ("added group with ..", lambda c, mp: c.command(cli.unlearn, "+experiment=../../x"), "experiment="),
+    ("config group set to null", lambda c, mp: c.command(cli.unlearn, "lm_eval=null"), "~lm_eval"),
     ("group option that does not exist", lambda c, mp: c.command(cli.unlearn, "method=npoo"), "method='npoo'"),
     # Hydra's own refusals, one line too
     *[(f"hydra refuses {' '.join(a)}", (lambda c, mp, a=a: c.command(cli.unlearn, *a, f"hydra.run.dir={c.run_dir}")),

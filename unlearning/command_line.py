@@ -81,11 +81,14 @@ def check_command_line(arguments: Sequence[str], config_dir: str) -> None:
                 if ".." in PurePath(option.strip()).parts or option.strip().startswith(("/", "\\", "~")):
                     raise ConfigError(f"{key}={quote(value)} leaves the config group {key}/; valid: "
                                       f"{', '.join(options) or 'an option of the group'}")
+            if value.strip() == "null" and not argument.startswith("~"):  # Hydra raises a bare ValueError here
+                raise ConfigError(f"{key}=null: a config group is turned off with ~{key}; valid: ~{key}, "
+                                  f"{', '.join(options) or 'an option of the group'}")
             # hydra/ groups also hold Hydra's and its plugins' own options (hydra/launcher=basic)
             if only_shipped_configs(arguments) and not key.startswith("hydra/") and group.is_dir() \
                     and not sweep_syntax(value):
                 for option in value.split(","):
-                    if option not in ("null", "") and not (group / f"{option}.yaml").is_file():
+                    if option != "" and not (group / f"{option}.yaml").is_file():
                         raise ConfigError(f"{key}={quote(option)} is not an option of the config group {key}/; "
                                           f"valid: {', '.join(options)}")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from typing import Callable, NamedTuple
 
 from unlearning.data.benchmark import DataError, QABenchmark
@@ -158,9 +159,13 @@ def _author_records(rng: random.Random, name: str, questions_per_author: int, n_
 
 
 def _authors(rng: random.Random, seen: set[str], n: int, questions_per_author: int,
-             n_perturbed: int) -> list[list[dict]]:
-    return [_author_records(rng, _unique(rng, seen, _person), questions_per_author, n_perturbed)
-            for _ in range(n)]
+             n_perturbed: int) -> list[tuple[str, list[dict]]]:
+    """`n` new authors as (name, records) pairs."""
+    authors = []
+    for _ in range(n):
+        name = _unique(rng, seen, _person)
+        authors.append((name, _author_records(rng, name, questions_per_author, n_perturbed)))
+    return authors
 
 
 def _multiple_choice(rng: random.Random, question: str, answer: str, pool: list[str]) -> dict:
@@ -229,8 +234,8 @@ def make_synthetic_benchmark(split: str = "forget10", seed: int = 0, n_authors: 
     world_facts = _world_facts(rng, seen, n_world_facts)
     n_forget = max(1, round(n_authors * FORGET_FRACTIONS[split]))
     holdout = _authors(rng, seen, n_forget, questions_per_author, n_perturbed)
-    retain_records = [r for author in authors[:n_authors - n_forget] for r in author]
-    forget_records = [r for author in authors[n_authors - n_forget:] for r in author]
+    retain_records = [r for _, records in authors[:n_authors - n_forget] for r in records]
+    forget_records = [r for _, records in authors[n_authors - n_forget:] for r in records]
     return QABenchmark(
         name=f"synthetic-{split}-seed{seed}",
         full=_qa(retain_records + forget_records),
@@ -240,6 +245,17 @@ def make_synthetic_benchmark(split: str = "forget10", seed: int = 0, n_authors: 
         retain_perturbed=_spread(retain_records, retain_eval_size),
         real_authors=real_authors,
         world_facts=world_facts,
-        holdout=_qa([r for author in holdout for r in author]),
+        holdout=_qa([r for _, records in holdout for r in records]),
         pretrain=_qa(real_authors + world_facts),
     )
+
+
+def forget_author_patterns(split: str = "forget10", seed: int = 0, n_authors: int = 200,
+                           questions_per_author: int = 10, n_perturbed: int = 5) -> list[str]:
+    """Whole-word regexes of the forget authors' names of `make_synthetic_benchmark` with the same
+    arguments: what a keyword selector needs to flag exactly that split's forget pairs, for any seed."""
+    if split not in FORGET_FRACTIONS:
+        raise DataError(f"synthetic benchmark: unknown split '{split}', expected one of {sorted(FORGET_FRACTIONS)}")
+    authors = _authors(random.Random(seed), set(), n_authors, questions_per_author, n_perturbed)
+    n_forget = max(1, round(n_authors * FORGET_FRACTIONS[split]))
+    return [rf"\b{re.escape(name)}\b" for name, _ in authors[n_authors - n_forget:]]
