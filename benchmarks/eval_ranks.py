@@ -191,9 +191,9 @@ def measure(workload: Workload, log_dir: Path) -> Section:
                f"({groups}) through the Evaluator, in fresh processes each round; evaluation s: rank 0's time from "
                f"the first model load to every rank holding every result (median of {settings.repeats} interleaved "
                f"rounds after {settings.warmup} warm-up); wall s: the parent's, process start-up included.")
-    notes = ["2 processes: each scores every other batch of every primitive (the batches one process makes), "
-             "tokenizes and scores ROUGE for every other record, and scores every other lm-eval document; every "
-             "result is gathered on every rank.",
+    notes = ["2 processes: each scores a share of the batches one process makes, balanced by padded size (TOFU's "
+             "four sets in one call per primitive, each set batched as if alone), tokenizes and scores ROUGE for "
+             "every other record, and scores every other lm-eval document; every result is gathered on every rank.",
              "This machine has 2 cores: 1 process uses both through torch's intra-op threads, 2 processes one each.",
              f"The most 2 processes could gain while measured: 2 single-thread processes running a fixed matmul loop "
              f"at once got {capacity[0]:.2f}x one process's throughput before the rounds, {capacity[1]:.2f}x after "

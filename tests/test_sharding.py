@@ -11,27 +11,43 @@ import numpy as np
 import pytest
 import torch
 
-from unlearning.sharding import all_gather_objects, evaluation_ranks, map_sharded, shard, sharded, unshard
+from unlearning.sharding import all_gather_objects, evaluation_ranks, in_batch_order, map_sharded, owners, sharded
 
 
-def test_shard_deals_batches_round_robin():
-    assert [shard("abcde", rank, 2) for rank in range(2)] == [list("ace"), list("bd")]
-    assert [shard("abcdefg", rank, 3) for rank in range(3)] == [list("adg"), list("be"), list("cf")]
+def test_owners_deal_batches_round_robin_from_the_first_rank():
+    assert owners(5, 2) == [0, 1, 0, 1, 0]
+    assert owners(7, 3) == [0, 1, 2, 0, 1, 2, 0]
+    assert owners(3, 2, first=1) == [1, 0, 1]  # the next call's spare batch goes to the other rank
 
 
 def test_more_ranks_than_batches_leaves_some_ranks_without_work():
-    assert [shard(["b0", "b1"], rank, 4) for rank in range(4)] == [["b0"], ["b1"], [], []]
-    assert unshard([["r0"], ["r1"], [], []], 2) == ["r0", "r1"]
-    assert shard([], 0, 2) == [] and unshard([[], []], 0) == []
+    assert owners(2, 4) == [0, 1]
+    assert in_batch_order([["r0"], ["r1"], [], []], [0, 1]) == ["r0", "r1"]
+    assert owners(0, 2) == [] and in_batch_order([[], []], []) == []
 
 
-def test_unshard_puts_uneven_shares_back_in_order():
-    # 5 batches on 2 ranks: rank 0 computed batches 0, 2, 4 and rank 1 batches 1, 3
-    assert unshard([["x0", "x2", "x4"], ["x1", "x3"]], 5) == ["x0", "x1", "x2", "x3", "x4"]
+def test_costs_balance_the_ranks_largest_first():
+    # sets batched apart: [64, 36] rows twice. Round robin gives rank 0 both 64s (128 against 72);
+    # balanced: 64 + 36 each, the largest first and a tie in load going to `first`
+    assert owners(4, 2, costs=[64, 36, 64, 36]) == [0, 0, 1, 1]
+    assert owners(4, 2, first=1, costs=[64, 36, 64, 36]) == [1, 1, 0, 0]
+    assert owners(3, 2, costs=[5, 3, 3]) == [0, 1, 1]  # 5 against 3 + 3
+    loads = [0, 0, 0]
+    costs = [9, 7, 6, 5, 5, 4, 3, 2]
+    for cost, rank in zip(costs, owners(len(costs), 3, costs=costs)):
+        loads[rank] += cost
+    assert sorted(loads) == [13, 14, 14]
+
+
+def test_in_batch_order_puts_uneven_shares_back():
+    # 5 batches on 2 ranks round robin: rank 0 computed batches 0, 2, 4 and rank 1 batches 1, 3
+    assert in_batch_order([["x0", "x2", "x4"], ["x1", "x3"]], owners(5, 2)) == ["x0", "x1", "x2", "x3", "x4"]
     for world in range(1, 5):
         for count in range(8):
-            items = list(range(count))
-            assert unshard([shard(items, rank, world) for rank in range(world)], count) == items
+            for costs in (None, [(i * 7) % 5 for i in range(count)]):
+                owner = owners(count, world, count % world, costs)
+                parts = [[i for i in range(count) if owner[i] == rank] for rank in range(world)]
+                assert in_batch_order(parts, owner) == list(range(count))
 
 
 def test_one_process_computes_every_batch_in_order():
@@ -63,8 +79,10 @@ def _two_ranks(rank: int, port: int, out: str) -> None:
         ranks = evaluation_ranks()
         inside = map_sharded(compute, batches)
         rotated = map_sharded(compute, [[10], [11], [12]])  # the second call starts at rank 1
+        balanced = map_sharded(compute, [[20], [21, 22, 23], [24]], costs=[1, 3, 1])  # third call: rank 0 first
         empty = map_sharded(compute, [])
-    record = {"ranks": ranks, "computed": computed, "results": inside, "rotated": rotated, "empty": empty,
+    record = {"ranks": ranks, "computed": computed, "results": inside, "rotated": rotated, "balanced": balanced,
+              "empty": empty,
               "outside": outside, "gathered": all_gather_objects(rank)}
     Path(out, f"rank{rank}.json").write_text(json.dumps(record))
     torch.distributed.destroy_process_group()
@@ -75,16 +93,18 @@ def _two_ranks(rank: int, port: int, out: str) -> None:
 def test_two_processes_split_the_batches_and_both_get_every_result(tmp_path):
     """5 batches on 2 gloo ranks: rank 0 computes batches 0, 2, 4, rank 1 batches 1, 3; both end with the
     five results in batch order. The next call's 3 batches start at rank 1 (0 and 2 there, 1 on rank 0),
-    so uneven counts do not always leave the spare batch to rank 0."""
+    so uneven counts do not always leave the spare batch to rank 0. With costs, the large batch alone on
+    rank 0 and the two small ones on rank 1."""
     from benchmarks.eval_ranks import free_port
 
     torch.multiprocessing.start_processes(_two_ranks, (free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [rank["ranks"] for rank in ranks] == [[0, 2], [1, 2]]
-    assert ranks[0]["computed"] == [[1, 2], [4, 5], [7], [11]]
-    assert ranks[1]["computed"] == [[3], [6], [10], [12]]
+    assert ranks[0]["computed"] == [[1, 2], [4, 5], [7], [11], [21, 22, 23]]
+    assert ranks[1]["computed"] == [[3], [6], [10], [12], [20], [24]]
     for rank in ranks:
         assert rank["results"] == [[2, 4], [6], [8, 10], [12], [14]] and rank["rotated"] == [[20], [22], [24]]
+        assert rank["balanced"] == [[40], [42, 44, 46], [48]]
         assert rank["empty"] == [] and rank["outside"] == [[1, 2], [3]] and rank["gathered"] == [0, 1]
 
 

@@ -22,7 +22,7 @@ from unlearning.evaluation.tofu import (
     truth_ratio,
     utility_truth_score,
 )
-from unlearning.scoring import generate_answers, rouge_l_recall, score_answers
+from unlearning.scoring import generate_answers, length_batches, padded_sizes, rouge_l_recall, score_answers
 
 # ------------------------------------------------------------------------------------------ pure
 
@@ -152,6 +152,29 @@ def test_generation_budget_counting_the_prompt_leaves_the_rest_to_the_answer(mod
     assert generate_answers(model, tokenizer, TEMPLATE, [question], max_new_tokens=prompt_length + 3) != three_new
     assert generate_answers(model, tokenizer, TEMPLATE, [question], max_new_tokens=prompt_length,
                             budget_counts_prompt=True) == [""]
+
+
+def test_length_batches_keep_segments_apart():
+    # two sets of 3 and 2 records: each batched as if alone (longest first), indices into the whole list
+    batches = length_batches([1, 5, 3, 9, 2], batch_size=2, segments=[3, 2])
+    assert [list(b) for b in batches] == [[1, 2], [0], [3, 4]]
+    assert [list(b) for b in length_batches([1, 5, 3], batch_size=2)] == [[1, 2], [0]]
+    assert padded_sizes(batches, [1, 5, 3, 9, 2], extra=4) == [2 * 9, 1 * 5, 2 * 13]
+
+
+def test_sets_scored_in_one_call_equal_each_set_alone(model, tokenizer):
+    """evaluate_tofu scores every set in one call per primitive (segments): bit for bit what each set
+    scored alone gives, probabilities and generations alike."""
+    first, second = PAIRS[:3], PAIRS[3:]
+    together = score_answers(model, tokenizer, TEMPLATE, first + second, batch_size=2, segments=[3, 2])
+    alone = [score_answers(model, tokenizer, TEMPLATE, part, batch_size=2) for part in (first, second)]
+    np.testing.assert_array_equal(together[0], np.concatenate([alone[0][0], alone[1][0]]))
+    np.testing.assert_array_equal(together[1], np.concatenate([alone[0][1], alone[1][1]]))
+    questions = [q for q, _ in PAIRS]
+    generated = generate_answers(model, tokenizer, TEMPLATE, questions, max_new_tokens=6, batch_size=2,
+                                 segments=[3, 2])
+    assert generated == [*generate_answers(model, tokenizer, TEMPLATE, questions[:3], max_new_tokens=6, batch_size=2),
+                         *generate_answers(model, tokenizer, TEMPLATE, questions[3:], max_new_tokens=6, batch_size=2)]
 
 
 def _records(with_paraphrase: bool) -> list[dict]:

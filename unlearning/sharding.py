@@ -2,10 +2,13 @@
 
 The scoring primitives (unlearning/scoring.py, and MIA's per-example gradients) split their work by
 batch, not by example: the batches are made exactly as one process makes them (the same length-sorted
-index batches, padded alike), batch i is computed by rank (i + c) % world, and the results are gathered
-and put back in batch order. c counts the earlier calls, so that the spare batch of an uneven count (a
-set smaller than one batch, ...) goes round the ranks instead of always to rank 0. Every number then comes from the same batch computation as in one process, and
-each metric group's aggregation code runs unchanged on complete results, on every rank.
+index batches, padded alike), each rank computes the batches it owns, and the results are gathered and
+put back in batch order. Items of equal cost (records to tokenize, pairs to score with ROUGE) go round
+robin: item i to rank (i + c) % world, c counting the earlier calls, so that the spare item of an uneven
+count goes round the ranks instead of always to rank 0. Batches of unequal cost (a caller gives each
+batch's padded size) are balanced: largest first, each to the least-loaded rank, as every call ends by
+waiting for its slowest rank. Every number then comes from the same batch computation as in one process,
+and each metric group's aggregation code runs unchanged on complete results, on every rank.
 
 Splitting is on only inside `sharded()`, which the Evaluator enters with full model replicas on every
 rank. Elsewhere (evaluation during training) a rank may hold a ZeRO-3 shard, whose forward passes gather
@@ -49,14 +52,25 @@ def evaluation_ranks() -> tuple[int, int]:
     return global_rank(), torch.distributed.get_world_size()
 
 
-def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
-    """The items rank `rank` of `world` computes: positions rank, rank + world, rank + 2 world, ..."""
-    return list(items[rank::world])
+def owners(count: int, world: int, first: int = 0, costs: Sequence[float] | None = None) -> list[int]:
+    """The rank that computes each of `count` batches. Without costs, round robin from rank `first`:
+    batch i on rank (i + first) % world. With costs, largest first (ties in batch order), each to the
+    least-loaded rank so far (ties: in rank order from `first`): the ranks finish a call together."""
+    if costs is None:
+        return [(i + first) % world for i in range(count)]
+    loads = [0.0] * world
+    ranks = [(first + k) % world for k in range(world)]
+    owner = [0] * count
+    for i in sorted(range(count), key=lambda i: -costs[i]):
+        owner[i] = min(ranks, key=loads.__getitem__)
+        loads[owner[i]] += costs[i]
+    return owner
 
 
-def unshard(parts: Sequence[Sequence[R]], count: int) -> list[R]:
-    """The `count` results in their original order, from each rank's results of its `shard`."""
-    return [parts[i % len(parts)][i // len(parts)] for i in range(count)]
+def in_batch_order(parts: Sequence[Sequence[R]], owner: Sequence[int]) -> list[R]:
+    """The results in batch order, from each rank's results of the batches it owns (in its own order)."""
+    taken = [iter(part) for part in parts]
+    return [next(taken[rank]) for rank in owner]
 
 
 def all_gather_objects(value: Any) -> list[Any]:
@@ -68,24 +82,26 @@ def all_gather_objects(value: Any) -> list[Any]:
     return gathered
 
 
-def map_sharded(compute: Callable[[T], R], batches: Sequence[T], progress_bar: tqdm | None = None) -> list[R]:
+def map_sharded(compute: Callable[[T], R], batches: Sequence[T], progress_bar: tqdm | None = None,
+                costs: Sequence[float] | None = None) -> list[R]:
     """`compute(batch)` of every batch (or item: tokenizing, ROUGE), in order. Inside `sharded()` this
-    rank computes its `shard` and the others' results are gathered (every rank calls it with the same
-    batches)."""
+    rank computes the batches it `owners` (balanced by `costs` when given: e.g. padded tokens per batch)
+    and the others' results are gathered (every rank calls it with the same batches and costs)."""
     rank, world = evaluation_ranks()
-    first = 0  # the rank computing batch 0
+    first = 0  # where round robin starts, and which rank a tie in load goes to
     if world > 1:
         calls = _CALLS.get()
         first, calls[0] = calls[0] % world, calls[0] + 1
+    owner = owners(len(batches), world, first, costs)
     mine = []
-    for batch in shard(batches, (rank - first) % world, world):
-        mine.append(compute(batch))
-        if progress_bar is not None:
-            progress_bar.update()
+    for batch, batch_owner in zip(batches, owner, strict=True):
+        if batch_owner == rank:
+            mine.append(compute(batch))
+            if progress_bar is not None:
+                progress_bar.update()
     if world == 1:
         return mine
-    gathered = all_gather_objects(mine)
-    results = unshard([gathered[(slot + first) % world] for slot in range(world)], len(batches))
+    results = in_batch_order(all_gather_objects(mine), owner)
     if progress_bar is not None:
         progress_bar.update(len(batches) - len(mine))  # the other ranks' batches are done too
     return results

@@ -137,22 +137,32 @@ def evaluate_tofu(model, tokenizer, template: PromptTemplate, eval_sets: Mapping
     total = sum(n_batches(len(flat[n][0]), batch_size) + generate * n_batches(len(r), batch_size)
                 for n, r in sets.items())
     aggregates, per_example, forget_ratios = {}, {}, np.zeros(0)
+    # every set in one call per primitive, each set batched as if alone: under data-parallel evaluation a
+    # call ends by waiting for its slowest rank, and one call over all sets' batches keeps the ranks even
+    pairs = [pair for name in sets for pair in flat[name][0]]
+    sizes = [len(flat[name][0]) for name in sets]
     with tqdm(total=total, disable=not progress or evaluation_ranks()[0] > 0, desc="TOFU eval") as bar:  # one bar
-        for name, records in sets.items():
-            pairs, layout = flat[name]
-            logp, counts = score_answers(model, tokenizer, template, pairs, batch_size, max_length, bar)
-            prob, ratios = _prob_and_truth_ratio(name, logp, counts, layout)
-            score = forget_truth_score if name == "forget" else utility_truth_score
-            aggregates.update({f"{name}_prob": float(prob.mean()), f"{name}_truth_ratio": score(ratios)})
-            per_example[name] = {"prob": prob.tolist(), "truth_ratio": ratios.tolist()}
-            if generate:
-                generations = generate_answers(model, tokenizer, template, [r["question"] for r in records],
-                                               max_new_tokens, batch_size, bar, budget_counts_prompt)
-                rouge = rouge_l_recall(generations, [r["answer"] for r in records])
-                aggregates[f"{name}_rouge"] = float(rouge.mean())
-                per_example[name].update(rouge=rouge.tolist(), generation=generations)
-            if name == "forget":
-                forget_ratios = ratios
+        logp, counts = score_answers(model, tokenizer, template, pairs, batch_size, max_length, bar, segments=sizes)
+        if generate:
+            questions = [r["question"] for records in sets.values() for r in records]
+            generations = generate_answers(model, tokenizer, template, questions, max_new_tokens, batch_size, bar,
+                                           budget_counts_prompt, segments=[len(r) for r in sets.values()])
+            rouge = rouge_l_recall(generations, [r["answer"] for records in sets.values() for r in records])
+    pair_start, record_start = 0, 0
+    for name, records in sets.items():
+        pair_end, record_end = pair_start + len(flat[name][0]), record_start + len(records)
+        prob, ratios = _prob_and_truth_ratio(name, logp[pair_start:pair_end], counts[pair_start:pair_end],
+                                             flat[name][1])
+        score = forget_truth_score if name == "forget" else utility_truth_score
+        aggregates.update({f"{name}_prob": float(prob.mean()), f"{name}_truth_ratio": score(ratios)})
+        per_example[name] = {"prob": prob.tolist(), "truth_ratio": ratios.tolist()}
+        if generate:
+            set_rouge = rouge[record_start:record_end]
+            aggregates[f"{name}_rouge"] = float(set_rouge.mean())
+            per_example[name].update(rouge=set_rouge.tolist(), generation=generations[record_start:record_end])
+        if name == "forget":
+            forget_ratios = ratios
+        pair_start, record_start = pair_end, record_end
     if generate and all(name in sets for name in UTILITY_SETS):
         aggregates["model_utility"] = model_utility(aggregates)
     return TofuEvaluation(aggregates, per_example, forget_ratios)
