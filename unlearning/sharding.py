@@ -85,7 +85,7 @@ def all_gather_objects(value: Any) -> list[Any]:
 def map_sharded(compute: Callable[[T], R], batches: Sequence[T], progress_bar: tqdm | None = None,
                 costs: Sequence[float] | None = None) -> list[R]:
     """`compute(batch)` of every batch (or item: tokenizing, ROUGE), in order. Inside `sharded()` this
-    rank computes the batches it `owners` (balanced by `costs` when given: e.g. padded tokens per batch)
+    rank computes the batches `owners` gives it (balanced by `costs` when given: e.g. padded tokens per batch)
     and the others' results are gathered (every rank calls it with the same batches and costs)."""
     rank, world = evaluation_ranks()
     first = 0  # where round robin starts, and which rank a tie in load goes to
