@@ -54,7 +54,7 @@ def padded_sizes(batches: Sequence[np.ndarray], lengths: Sequence[int], extra: i
     """Each batch's padded size in tokens (rows x (longest + extra)): what a forward pass costs, to
     balance the batches over the ranks."""
     lengths = np.asarray(lengths)
-    return [len(idx) * (int(lengths[idx].max()) + extra) if len(idx) else 0 for idx in batches]
+    return [len(idx) * (int(lengths[idx].max()) + extra) for idx in batches]
 
 
 def n_batches(n: int, batch_size: int) -> int:

@@ -208,6 +208,13 @@ def _qa(records: list[dict]) -> list[dict]:
     return [{"question": r["question"], "answer": r["answer"]} for r in records]
 
 
+def _forget_count(split: str, n_authors: int) -> int:
+    """How many of the authors a split forgets (the last ones, as in TOFU)."""
+    if split not in FORGET_FRACTIONS:
+        raise DataError(f"synthetic benchmark: unknown split '{split}', expected one of {sorted(FORGET_FRACTIONS)}")
+    return max(1, round(n_authors * FORGET_FRACTIONS[split]))
+
+
 def make_synthetic_benchmark(split: str = "forget10", seed: int = 0, n_authors: int = 200,
                              questions_per_author: int = 10, n_perturbed: int = 5,
                              n_world_facts: int = 84, n_real_authors: int = 60,
@@ -218,8 +225,7 @@ def make_synthetic_benchmark(split: str = "forget10", seed: int = 0, n_authors: 
     moves the forget/retain boundary (the forget authors are the last ones, as in TOFU), and decides how
     many holdout authors are drawn after everything else.
     """
-    if split not in FORGET_FRACTIONS:
-        raise DataError(f"synthetic benchmark: unknown split '{split}', expected one of {sorted(FORGET_FRACTIONS)}")
+    n_forget = _forget_count(split, n_authors)
     if not 1 <= questions_per_author <= len(ATTRIBUTES):
         raise DataError(f"synthetic benchmark: questions_per_author={questions_per_author} must be in "
                         f"1..{len(ATTRIBUTES)}, the number of attribute kinds")
@@ -232,7 +238,6 @@ def make_synthetic_benchmark(split: str = "forget10", seed: int = 0, n_authors: 
     authors = _authors(rng, seen, n_authors, questions_per_author, n_perturbed)
     real_authors = _real_authors(rng, seen, n_real_authors)
     world_facts = _world_facts(rng, seen, n_world_facts)
-    n_forget = max(1, round(n_authors * FORGET_FRACTIONS[split]))
     holdout = _authors(rng, seen, n_forget, questions_per_author, n_perturbed)
     retain_records = [r for _, records in authors[:n_authors - n_forget] for r in records]
     forget_records = [r for _, records in authors[n_authors - n_forget:] for r in records]
@@ -254,8 +259,7 @@ def forget_author_patterns(split: str = "forget10", seed: int = 0, n_authors: in
                            questions_per_author: int = 10, n_perturbed: int = 5) -> list[str]:
     """Whole-word regexes of the forget authors' names of `make_synthetic_benchmark` with the same
     arguments: what a keyword selector needs to flag exactly that split's forget pairs, for any seed."""
-    if split not in FORGET_FRACTIONS:
-        raise DataError(f"synthetic benchmark: unknown split '{split}', expected one of {sorted(FORGET_FRACTIONS)}")
+    n_forget = _forget_count(split, n_authors)
+    # the benchmark draws its authors first, from a fresh generator: the same names, in the same order
     authors = _authors(random.Random(seed), set(), n_authors, questions_per_author, n_perturbed)
-    n_forget = max(1, round(n_authors * FORGET_FRACTIONS[split]))
     return [rf"\b{re.escape(name)}\b" for name, _ in authors[n_authors - n_forget:]]
